@@ -1,0 +1,1 @@
+"""Evaluation, benchmarking and demo tooling (installed as ``tokpress.eval``)."""

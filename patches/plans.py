@@ -1,0 +1,64 @@
+"""Running policies over the videos of a batch and checking what they return."""
+
+from __future__ import annotations
+
+import torch
+from tokpress.patches.base import VideoSpan
+from tokpress.patches.layout import Layout
+
+from tokpress.config import budget
+from tokpress.policies.base import OuterPolicy, Plan, VideoTokens
+
+
+def check_plan(plan: Plan, promised: int, n: int, where: str) -> Plan:
+    """Raise ``RuntimeError`` unless ``plan`` keeps exactly ``promised`` distinct sorted indices of ``n`` tokens."""
+    keep = plan.keep
+    if keep.dim() != 1 or keep.numel() != promised or keep.dtype != torch.long:
+        raise RuntimeError(
+            f"{where}: the policy returned {tuple(keep.shape)} {keep.dtype} indices; "
+            f"the budget promises {promised} long indices"
+        )
+    if promised and (keep[0] < 0 or keep[-1] >= n or bool((keep[1:] <= keep[:-1]).any())):
+        raise RuntimeError(f"{where}: kept indices must be sorted, distinct and in [0, {n})")
+    if plan.features is not None and plan.features.shape[0] != promised:
+        raise RuntimeError(f"{where}: {plan.features.shape[0]} replacement features for {promised} kept tokens")
+    return plan
+
+
+def outer_keep(
+    policy: OuterPolicy,
+    ratio: float,
+    embeds: torch.Tensor,
+    spans: list[list[VideoSpan]],
+    layout: Layout,
+) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]], list[list[list[int]]]]:
+    """Plan every video of the batch.
+
+    Args:
+        policy: the outer policy.
+        ratio: fraction of each video's grid tokens to keep.
+        embeds: ``[B, q, D]`` decoder inputs with the video features scattered in.
+        spans: per sample, its videos.
+        layout: the logical layout (for the padding of each sample).
+
+    Returns:
+        per-sample kept positions ``[n_b]``; replacement features ``(sample, positions, [k, D])``; the kept grid
+        indices ``[sample][video]`` for the stats.
+    """
+    keep, replace, kept = [], [], []
+    for b, found in enumerate(spans):
+        alive = ~layout.filler[b]
+        kept_b = []
+        for j, span in enumerate(found):
+            n = span.grid.numel
+            k = budget(ratio, n)
+            video = VideoTokens(embeds[b, span.start : span.start + n], span.grid, sample=b, video=j)
+            plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
+            alive[span.start : span.start + n] = False
+            alive[span.start + plan.keep] = True
+            if plan.features is not None:
+                replace.append((b, span.start + plan.keep, plan.features))
+            kept_b.append(plan.keep.tolist())
+        keep.append(alive.nonzero().squeeze(1))
+        kept.append(kept_b)
+    return keep, replace, kept

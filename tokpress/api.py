@@ -1,0 +1,142 @@
+"""``apply`` / ``remove`` / ``compressed``: the whole public surface for patching a model."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from packaging.version import Version
+
+from tokpress.config import build_config
+from tokpress.errors import ConfigError, UnsupportedModelError
+from tokpress.registry import get_adapter_class
+
+logger = logging.getLogger("tokpress")
+
+#: transformers versions tokpress is tested against (both ends run in CI)
+TRANSFORMERS_MIN, TRANSFORMERS_BELOW = Version("5.17.0"), Version("6")
+
+
+def _check_transformers() -> None:
+    installed = Version(importlib.metadata.version("transformers"))
+    if not TRANSFORMERS_MIN <= installed < TRANSFORMERS_BELOW:
+        raise UnsupportedModelError(
+            f"transformers {installed} is installed; tokpress supports >={TRANSFORMERS_MIN},<{TRANSFORMERS_BELOW}. "
+            f'Run: pip install "transformers>={TRANSFORMERS_MIN},<{TRANSFORMERS_BELOW}"'
+        )
+
+
+def _engine(model):
+    from tokpress.patches.engine import Engine
+
+    engine = model.__dict__.get("tokpress")
+    return engine if isinstance(engine, Engine) else None
+
+
+def apply(
+    model,
+    method: str | None = None,
+    *,
+    outer: str | None = None,
+    inner: str | None = None,
+    retain_ratio: float | None = None,
+    outer_ratio: float | None = None,
+    inner_ratio: float | None = None,
+    inner_layer: int | None = None,
+    outer_options: dict[str, Any] | None = None,
+    inner_options: dict[str, Any] | None = None,
+    **options: Any,
+):
+    """Compress the video tokens of every later ``model(...)`` / ``model.generate(...)`` call.
+
+    Args:
+        model: a Hugging Face ``*ForConditionalGeneration`` video LLM (see ``tokpress.adapter_names()``).
+        method: a preset (``tokpress.preset_names()``), e.g. ``"fastv"``; or leave it out and name stages:
+        outer: outer-LLM policy (before the first decoder layer), e.g. ``"evs"``.
+        inner: inner-LLM policy (inside the decoder at ``inner_layer``), e.g. ``"fastv"``.
+        retain_ratio: fraction in (0, 1] of the video tokens each stage keeps (1 keeps everything).
+        outer_ratio / inner_ratio: per-stage overrides of ``retain_ratio``; the inner ratio is relative to the
+            tokens entering its layer.
+        inner_layer: decoder layer K of the inner stage (default: the policy's, FastV's K=2).
+        outer_options / inner_options: policy options by stage; plain keyword ``options`` go to whichever
+            stage's policy has an option of that name.
+
+    Returns:
+        ``model``, patched in place. Applying again replaces the previous patch; invalid arguments raise a
+        :class:`~tokpress.TokpressError` before anything is changed (an existing patch stays as it was).
+
+    Example::
+
+        tokpress.apply(model, outer="uniform", inner="fastv", retain_ratio=0.25)
+        model.generate(**inputs)
+        model.tokpress.last.summary()
+    """
+    from tokpress.patches.engine import Engine
+
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config)")
+    adapter_cls = get_adapter_class(config.model_type)
+    _check_transformers()
+    adapter_cls.validate(model)
+    adapter = adapter_cls(model)
+    cfg = build_config(
+        method,
+        num_layers=adapter.num_layers,
+        outer=outer,
+        inner=inner,
+        retain_ratio=retain_ratio,
+        outer_ratio=outer_ratio,
+        inner_ratio=inner_ratio,
+        inner_layer=inner_layer,
+        outer_options=outer_options,
+        inner_options=inner_options,
+        **options,
+    )
+    sliding = adapter.sliding_layers()
+    if cfg.inner and any(i >= cfg.inner[0].layer for i in sliding):
+        raise UnsupportedModelError(
+            f"inner stages need full-attention layers, but layers {sliding} use sliding "
+            "windows; use an outer policy only"
+        )
+    engine = Engine(model, adapter, cfg)
+    remove(model)
+    engine.install()
+    model.tokpress = engine
+    logger.info("tokpress: applied %s", cfg)
+    return model
+
+
+def remove(model):
+    """Remove tokpress's hooks and state; the model computes exactly as before :func:`apply`. No-op if unpatched."""
+    engine = _engine(model)
+    if engine is not None:
+        engine.remove()
+        del model.tokpress
+    return model
+
+
+@contextlib.contextmanager
+def compressed(model, method: str | None = None, **kwargs: Any) -> Iterator[Any]:
+    """Context manager form of :func:`apply`; on exit the previous state (patched or not) is restored.
+
+    Example::
+
+        with tokpress.compressed(model, outer="random", retain_ratio=0.5):
+            model.generate(**inputs)
+    """
+    previous = _engine(model)
+    apply(model, method, **kwargs)
+    try:
+        yield model
+    finally:
+        remove(model)
+        if previous is not None:
+            previous.install()
+            model.tokpress = previous
+
+
+__all__ = ["apply", "remove", "compressed", "ConfigError"]

@@ -1,0 +1,166 @@
+"""Resolve the arguments of :func:`tokpress.apply` into one validated, immutable :class:`TokpressConfig`.
+
+Budget semantics: a stage's ratio is the fraction of the video tokens *entering that stage* that leave it.
+With only one stage that is the fraction of the original video tokens (entering the LLM for an outer stage,
+surviving past layer K for an inner one). ``retain_ratio`` is the default of every stage; ``outer_ratio`` and
+``inner_ratio`` override it per stage, and a preset may fix its own inner ratio (HoliTom halves at layer k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tokpress.errors import ConfigError
+from tokpress.policies.base import PolicyConfig
+from tokpress.registry import get_policy, get_preset
+
+
+@dataclass(frozen=True)
+class OuterStage:
+    """Outer-LLM stage: ``policy`` keeps ``ratio`` of each video's tokens before the first decoder layer."""
+
+    policy: str
+    ratio: float
+    options: PolicyConfig
+
+
+@dataclass(frozen=True)
+class InnerStage:
+    """Inner-LLM stage: ``policy`` keeps ``ratio`` of the visual tokens entering decoder layer ``layer``."""
+
+    policy: str
+    layer: int
+    ratio: float
+    options: PolicyConfig
+
+
+@dataclass(frozen=True)
+class TokpressConfig:
+    """Everything :func:`tokpress.apply` was asked to do, validated."""
+
+    method: str | None
+    outer: OuterStage | None
+    inner: tuple[InnerStage, ...]
+    num_layers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (for result files)."""
+        return asdict(self)
+
+    def kept_fraction(self, layer: int) -> float:
+        """Nominal fraction of the original video tokens present at decoder ``layer``."""
+        frac = self.outer.ratio if self.outer else 1.0
+        for stage in self.inner:
+            if layer >= stage.layer:
+                frac *= stage.ratio
+        return frac
+
+
+def budget(ratio: float, n: int) -> int:
+    """Tokens a stage keeps of ``n``: ``round(ratio * n)``, at least 1 (0 when ``n == 0``)."""
+    if n == 0:
+        return 0
+    return min(n, max(1, math.floor(ratio * n + 0.5)))
+
+
+def _check_ratio(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{name} must be a number in (0, 1], got {value!r} (1 keeps every token)")
+
+
+def _make_options(stage: str, policy: str, options: dict[str, Any]) -> PolicyConfig:
+    cls = get_policy(stage, policy).config_cls
+    unknown = set(options) - set(cls.field_names())
+    if unknown:
+        valid = ", ".join(cls.field_names()) or "none"
+        raise ConfigError(f"{stage} policy {policy!r} has no option(s) {sorted(unknown)}; valid options: {valid}")
+    try:
+        return cls(**options)
+    except TypeError as exc:  # e.g. wrong type passed to a typed field
+        raise ConfigError(f"bad options for {stage} policy {policy!r}: {exc}") from None
+
+
+def _route_options(outer: str | None, inner: str | None, options: dict[str, Any]) -> tuple[dict, dict]:
+    """Send each flat keyword option to the one stage whose policy has a field of that name."""
+    to_outer, to_inner = {}, {}
+    outer_fields = set(get_policy("outer", outer).config_cls.field_names()) if outer else set()
+    inner_fields = set(get_policy("inner", inner).config_cls.field_names()) if inner else set()
+    for key, value in options.items():
+        in_outer, in_inner = key in outer_fields, key in inner_fields
+        if in_outer and in_inner:
+            raise ConfigError(
+                f"option {key!r} exists in both the outer and the inner policy; "
+                "pass it in outer_options={...} or inner_options={...}"
+            )
+        if not (in_outer or in_inner):
+            valid = sorted(outer_fields | inner_fields)
+            raise ConfigError(f"unknown option {key!r}; valid options here: {', '.join(valid) or 'none'}")
+        (to_outer if in_outer else to_inner)[key] = value
+    return to_outer, to_inner
+
+
+def build_config(
+    method: str | None = None,
+    *,
+    num_layers: int,
+    outer: str | None = None,
+    inner: str | None = None,
+    retain_ratio: float | None = None,
+    outer_ratio: float | None = None,
+    inner_ratio: float | None = None,
+    inner_layer: int | None = None,
+    outer_options: dict[str, Any] | None = None,
+    inner_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> TokpressConfig:
+    """Validate and resolve :func:`tokpress.apply`'s arguments for a decoder of ``num_layers`` layers."""
+    for name, value in (("method", method), ("outer", outer), ("inner", inner)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{name} must be a policy name (str), got {type(value).__name__}")
+    preset = None
+    if method is not None:
+        if outer is not None or inner is not None:
+            raise ConfigError(f"pass either a method ({method!r}) or outer=/inner= policies, not both")
+        preset = get_preset(method)
+        outer, inner = preset.outer, preset.inner
+    if outer is None and inner is None:
+        raise ConfigError(
+            "nothing to do: name a method, e.g. apply(model, 'fastv', retain_ratio=0.25), or outer=/inner= policies"
+        )
+    for name, value in (("retain_ratio", retain_ratio), ("outer_ratio", outer_ratio), ("inner_ratio", inner_ratio)):
+        _check_ratio(name, value)
+    if outer is None and (outer_ratio is not None or outer_options):
+        raise ConfigError("outer_ratio/outer_options given but no outer policy; pass outer=... or drop them")
+    if inner is None and (inner_ratio is not None or inner_layer is not None or inner_options):
+        raise ConfigError(
+            "inner_ratio/inner_layer/inner_options given but no inner policy; pass inner=... or drop them"
+        )
+    routed_outer, routed_inner = _route_options(outer, inner, options)
+    outer_stage = inner_stage = None
+    if outer is not None:
+        ratio = outer_ratio if outer_ratio is not None else retain_ratio
+        if ratio is None:
+            raise ConfigError("pass retain_ratio= (or outer_ratio=): the fraction of video tokens to keep, in (0, 1]")
+        opts = {**(preset.outer_options if preset else {}), **(outer_options or {}), **routed_outer}
+        outer_stage = OuterStage(outer, float(ratio), _make_options("outer", outer, opts))
+    if inner is not None:
+        ratio = inner_ratio if inner_ratio is not None else (preset.inner_ratio if preset else None)
+        ratio = ratio if ratio is not None else retain_ratio
+        if ratio is None:
+            raise ConfigError("pass retain_ratio= (or inner_ratio=): the fraction of visual tokens to keep, in (0, 1]")
+        policy_cls = get_policy("inner", inner)
+        layer = inner_layer if inner_layer is not None else policy_cls.default_layer(num_layers)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer < num_layers:
+            raise ConfigError(
+                f"inner_layer must be an int in [1, {num_layers - 1}] for this {num_layers}-layer "
+                f"decoder, got {layer!r}"
+            )
+        opts = {**(preset.inner_options if preset else {}), **(inner_options or {}), **routed_inner}
+        inner_stage = InnerStage(inner, layer, float(ratio), _make_options("inner", inner, opts))
+    return TokpressConfig(
+        method=method, outer=outer_stage, inner=(inner_stage,) if inner_stage else (), num_layers=num_layers
+    )

@@ -1,0 +1,28 @@
+"""Index selection helpers. All return sorted ``torch.long`` indices on the input's device."""
+
+from __future__ import annotations
+
+import torch
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest ``scores`` (``[N]``), in ascending index order.
+
+    Ties are broken towards the lower index (a stable sort), so results are deterministic.
+
+    Example: ``topk_sorted(tensor([0.1, 0.9, 0.5, 0.9]), 2) -> tensor([1, 3])``.
+    """
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def evenly_spaced(n: int, k: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``k`` distinct indices in ``[0, n)`` spread as evenly as possible, centred in their bins.
+
+    Example: ``evenly_spaced(8, 2) -> tensor([2, 6])``; ``evenly_spaced(n, n) == arange(n)``.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"need 0 < k <= n, got k={k}, n={n}")
+    # centre of each of k equal bins; floor((2i + 1) n / 2k) is strictly increasing for k <= n
+    i = torch.arange(k, device=device)
+    return torch.div((2 * i + 1) * n, 2 * k, rounding_mode="floor")

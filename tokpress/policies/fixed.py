@@ -1,0 +1,69 @@
+"""``fixed`` — keep an index set given up front (outer and inner).
+
+Used to replay a recorded selection (``model.tokpress.last.kept``) and as the zero-cost *oracle* of the benchmark.
+
+Options:
+    keep: outer — ``keep[sample][video]`` is a sequence of token indices into that video's grid; inner —
+        ``keep[sample]`` is a sequence of ordinals (indices among the sample's original video tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tokpress.errors import InputError
+from tokpress.policies.base import InnerPolicy, InnerTokens, OuterPolicy, Plan, PolicyConfig, VideoTokens
+from tokpress.registry import register_policy
+
+
+@dataclass(frozen=True)
+class FixedConfig(PolicyConfig):
+    keep: Any = ()
+    """Per-sample (outer: per-sample, per-video) index sequences."""
+
+    def validate(self) -> None:
+        self.check(len(self.keep) > 0, "fixed policy needs keep=[...] index sequences, one per sample")
+
+
+def _as_index(value, n: int, budget: int, where: str, device) -> torch.Tensor:
+    idx = torch.as_tensor(value, dtype=torch.long).flatten().sort().values
+    if idx.numel() != budget:
+        raise InputError(
+            f"fixed keep for {where} has {idx.numel()} indices but the ratio promises {budget}; "
+            "set the stage ratio to len(keep) / n"
+        )
+    if idx.numel() and (idx[0] < 0 or idx[-1] >= n or (idx[1:] == idx[:-1]).any()):
+        raise InputError(f"fixed keep for {where} must hold distinct indices in [0, {n})")
+    return idx.to(device)
+
+
+@register_policy("fixed", stage="outer")
+class FixedOuterPolicy(OuterPolicy):
+    config_cls = FixedConfig
+
+    def plan(self, video: VideoTokens, budget: int) -> Plan:
+        where = f"sample {video.sample} video {video.video}"
+        try:
+            value = self.config.keep[video.sample][video.video]
+        except (IndexError, KeyError):
+            raise InputError(f"fixed keep has no entry for {where}") from None
+        return Plan(_as_index(value, video.grid.numel, budget, where, video.features.device))
+
+
+@register_policy("fixed", stage="inner")
+class FixedInnerPolicy(InnerPolicy):
+    config_cls = FixedConfig
+
+    def plan(self, tokens: InnerTokens, budget: int) -> Plan:
+        where = f"sample {tokens.sample}"
+        try:
+            wanted = torch.as_tensor(self.config.keep[tokens.sample], dtype=torch.long, device=tokens.ordinals.device)
+        except (IndexError, KeyError):
+            raise InputError(f"fixed keep has no entry for {where}") from None
+        hit = torch.isin(tokens.ordinals, wanted).nonzero().squeeze(1)
+        if hit.numel() != wanted.numel():
+            raise InputError(f"fixed keep for {where} names ordinals that are not among the tokens entering the layer")
+        return Plan(_as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device))

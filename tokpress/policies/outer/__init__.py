@@ -1,0 +1,1 @@
+"""Outer-LLM policies: choose the video tokens that enter the decoder."""
