@@ -1,0 +1,165 @@
+"""The invariant matrix of DESIGN.md, run for every (family x attention x method) case.
+
+1. ratio 1: logits bit-identical to the unpatched model;
+2. ``remove()``: hooks and attributes gone, logits bit-identical, ``state_dict`` keys unchanged;
+3. the compressed lengths (stats, logits, KV cache per layer) are what the budget promises;
+4. ``generate()`` with a KV cache matches a no-cache recompute of the same compressed sequence;
+5. a padded, ragged batch gives per-sample results equal to each sample run alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokpress
+from conftest import batch_inputs, sample_inputs
+from tokpress.config import budget
+from tokpress.eval import tiny
+
+FAMILIES = tiny.FAMILIES
+ATTENTION = ("sdpa", "eager")
+METHODS = {
+    "uniform": dict(outer="uniform"),
+    "random": dict(outer="random", seed=3),
+    "frames": dict(outer="frames"),
+    "evs": dict(outer="evs"),
+    "fastv": dict(inner="fastv", inner_layer=2),
+    "uniform+fastv": dict(outer="uniform", inner="fastv", inner_layer=1, inner_ratio=0.5),
+}
+RATIO = 0.25
+CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
+IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
+NEW_TOKENS = 4
+
+
+def _apply(model, method: str, ratio: float = RATIO):
+    kwargs = dict(METHODS[method])
+    if ratio == 1.0 and "inner_ratio" in kwargs:
+        kwargs["inner_ratio"] = 1.0
+    return tokpress.apply(model, retain_ratio=ratio, **kwargs)
+
+
+def _video_grid_tokens(inputs, family: str) -> list[int]:
+    """Per sample: its video's grid tokens (LLaVA-OV's newline excluded)."""
+    n = (inputs["input_ids"] == tiny.VIDEO_ID).sum(1)
+    return (n - 1 if family == "llava_onevision" else n).tolist()
+
+
+@pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
+def test_ratio_one_is_bit_identical(get_model, family, attn, method):
+    model = get_model(family, attn)
+    inputs = batch_inputs(family)
+    reference = model(**inputs).logits
+    _apply(model, method, ratio=1.0)
+    assert torch.equal(model(**inputs).logits, reference)
+    ref_gen = tokpress.remove(model).generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    _apply(model, method, ratio=1.0)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False), ref_gen)
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
+def test_remove_restores_exactly(get_model, family, attn, method):
+    model = get_model(family, attn)
+    inputs = batch_inputs(family)
+    reference = model(**inputs).logits
+    keys, hooks = list(model.state_dict()), _hook_count(model)
+    _apply(model, method)
+    assert _hook_count(model) > hooks
+    compressed = model(**inputs).logits
+    assert compressed.shape[1] < reference.shape[1]
+    tokpress.remove(model)
+    assert not hasattr(model, "tokpress")
+    assert _hook_count(model) == hooks
+    assert list(model.state_dict()) == keys
+    assert torch.equal(model(**inputs).logits, reference)
+
+
+@pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
+def test_promised_lengths(get_model, family, attn, method):
+    model = get_model(family, attn)
+    inputs = batch_inputs(family)
+    _apply(model, method)
+    cfg = model.tokpress.config
+    extra = 1 if family == "llava_onevision" else 0
+    grid = _video_grid_tokens(inputs, family)
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True)
+    last = model.tokpress.last
+    expect_outer = [budget(cfg.outer.ratio, n) + extra if cfg.outer else n + extra for n in grid]
+    assert last.video_tokens == [n + extra for n in grid]
+    assert last.after_outer == expect_outer
+    real = inputs["attention_mask"].sum(1).tolist()
+    seq0 = [r - (n + extra - k) for r, n, k in zip(real, grid, expect_outer)]
+    assert last.seq_tokens[0] == seq0
+    seq_per_segment = [seq0]
+    for stage, counts in zip(cfg.inner, last.after_inner):
+        expect = [budget(stage.ratio, k - extra) + extra for k in expect_outer]
+        assert counts == expect
+        seq_per_segment.append([s - (k - e) for s, k, e in zip(seq0, expect_outer, expect)])
+    # the cache of every layer holds (the longest sample's compressed prompt, left-filled) + the new tokens - 1
+    width = inputs["input_ids"].shape[1]
+    for layer in range(model.tokpress.adapter.num_layers):
+        segment = sum(1 for s in cfg.inner if s.layer <= layer)
+        pad = [width - r for r in real]
+        expect_len = max(p + s for p, s in zip(pad, seq_per_segment[segment])) + NEW_TOKENS - 1
+        assert out.past_key_values.layers[layer].keys.shape[2] == expect_len, f"layer {layer}"
+    assert last.tokens_per_layer[0][-1] == seq_per_segment[-1][0]
+
+
+def _replay(model, method: str, last) -> None:
+    """Re-apply the same stages with the ``fixed`` policy and the selection the last prompt made."""
+    cfg = model.tokpress.config
+    kwargs = {}
+    if cfg.outer:
+        kwargs.update(outer="fixed", outer_ratio=cfg.outer.ratio, outer_options={"keep": last.kept["outer"]})
+    if cfg.inner:
+        stage = cfg.inner[0]
+        kwargs.update(
+            inner="fixed",
+            inner_layer=stage.layer,
+            inner_ratio=stage.ratio,
+            inner_options={"keep": last.kept["inner0"]},
+        )
+    tokpress.apply(model, **kwargs)
+
+
+@pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
+def test_cached_generate_matches_uncached_recompute(get_model, family, attn, method):
+    model = get_model(family, attn)
+    inputs = batch_inputs(family)
+    _apply(model, method)
+    out = model.generate(
+        **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
+    )
+    step_logits = torch.stack(out.logits, 1)  # [B, new, V]
+    _replay(model, method, model.tokpress.last)
+    full = dict(inputs)
+    new = out.sequences[:, inputs["input_ids"].shape[1] : -1]
+    full["input_ids"] = out.sequences[:, :-1]
+    full["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(new)], 1)
+    if "mm_token_type_ids" in inputs:
+        full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(new)], 1)
+    recomputed = model(**full, use_cache=False).logits[:, -NEW_TOKENS:]
+    torch.testing.assert_close(recomputed, step_logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
+def test_padded_batch_equals_each_sample_alone(get_model, family, attn, method):
+    model = get_model(family, attn)
+    inputs = batch_inputs(family)
+    _apply(model, method)
+    batch_logits = model(**inputs).logits[:, -1]
+    batch_stats = model.tokpress.last
+    batch_gen = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    width = inputs["input_ids"].shape[1]
+    for b in range(2):
+        alone = sample_inputs(inputs, family, b)
+        torch.testing.assert_close(model(**alone).logits[0, -1], batch_logits[b], rtol=0, atol=1e-5)
+        assert model.tokpress.last.after_outer == [batch_stats.after_outer[b]]
+        assert [c[0] for c in model.tokpress.last.after_inner] == [c[b] for c in batch_stats.after_inner]
+        gen = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)
+        assert torch.equal(gen[0, -NEW_TOKENS:], batch_gen[b, width:])
