@@ -22,16 +22,16 @@ from functools import partial
 from typing import Any
 
 import torch
-from tokpress.patches.attention import ProjectionCapture, apply_rope, last_query_attention
-from tokpress.patches.base import Adapter
-from tokpress.patches.layout import Layout, gather_seq, pack
-from tokpress.patches.masks import chunk_mask, text_positions
-from tokpress.patches.plans import check_plan, outer_keep
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from tokpress.config import TokpressConfig, budget
 from tokpress.errors import InputError
+from tokpress.patches.attention import ProjectionCapture, apply_rope, last_query_attention
+from tokpress.patches.base import Adapter
+from tokpress.patches.layout import Layout, gather_seq, pack
+from tokpress.patches.masks import chunk_mask, text_positions
+from tokpress.patches.plans import check_plan, outer_keep
 from tokpress.policies.base import InnerTokens
 from tokpress.registry import get_policy
 from tokpress.state import Stats
@@ -50,6 +50,18 @@ def _has_video_inputs(kwargs: dict) -> bool:
     return isinstance(encoded, dict) and encoded.get("video") is not None
 
 
+def _sequence_index(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """``[B, q]`` index of each token in the caller's (uncompressed) sequence, if the positions carry it.
+
+    1-D positions and the text row of Qwen's 4-row form count tokens (less left padding); M-RoPE rows do not.
+    """
+    if position_ids is None:
+        return None
+    if position_ids.dim() == 2:
+        return position_ids
+    return position_ids[0] if position_ids.shape[0] == 4 else None
+
+
 @dataclass
 class Session:
     """State of one KV cache that tokpress has written to."""
@@ -58,6 +70,7 @@ class Session:
     masks: list[torch.Tensor | None]  # per segment (decoder input, then each inner stage): full 2-D mask
     logical_len: int = 0  # tokens consumed, counted as the caller counts them (uncompressed)
     next_rope: torch.Tensor | None = None  # [R, B] rotary position of the next token
+    next_index: torch.Tensor | None = None  # [B] the caller's sequence index of the next token, where known
     dropped: bool = False  # the outer stage removed tokens, so cache length != logical length
 
     @property
@@ -171,8 +184,8 @@ class Engine:
         refed = 0
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             refed = session.logical_len - (mask.shape[1] - q_in)
-        elif pos is not None and session.next_rope is not None:
-            refed = int(session.next_rope[0, 0] - self.adapter.rope_view(pos)[0, 0, 0])
+        elif _sequence_index(pos) is not None and session.next_index is not None:
+            refed = int(session.next_index[0] - _sequence_index(pos)[0, 0])
         if refed < 0 or refed >= q_in:
             if refed != 0:
                 raise InputError(
@@ -221,6 +234,7 @@ class Engine:
             pos = torch.arange(start, start + q, device=emb.device).expand(batch, q)
             pos = pos[None].expand(self.adapter.rope_rows, batch, q) if self.adapter.rope_rows > 1 else pos
         rope = self.adapter.rope_view(pos)
+        seq_index = _sequence_index(pos) if given_pos else None
         mask = chunk_mask(kwargs.get("attention_mask"), batch, q, chunk.continuing, emb.device)
         layout, spans = self._logical_layout(chunk.is_video, rope if given_pos else None, mask)
         has_video = bool(chunk.is_video.any())
@@ -252,6 +266,7 @@ class Engine:
             session.masks[0] = full
             session.logical_len += q
             session.next_rope = rope[:, :, -1] + 1
+            session.next_index = None if seq_index is None else seq_index[:, -1] + 1
         chunk.layout = layout
         if has_video:
             chunk.stats.after_outer = layout.video_counts()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-from tokpress.patches.base import Adapter, VideoSpan, runs
 
+from tokpress.patches.base import Adapter, VideoSpan, runs
 from tokpress.policies.base import Grid
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from tokpress.patches.base import VideoSpan
-from tokpress.patches.layout import Layout
 
 from tokpress.config import budget
+from tokpress.patches.base import VideoSpan
+from tokpress.patches.layout import Layout
 from tokpress.policies.base import OuterPolicy, Plan, VideoTokens
 
 

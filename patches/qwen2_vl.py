@@ -9,8 +9,8 @@ transformers version (5.23 ``generate()`` no longer passes ``video_grid_thw`` to
 from __future__ import annotations
 
 import torch
-from tokpress.patches.base import Adapter, VideoSpan, runs
 
+from tokpress.patches.base import Adapter, VideoSpan, runs
 from tokpress.policies.base import Grid
 
 

@@ -1,0 +1,137 @@
+"""Index-selection and similarity helpers of ``tokpress.ops``, checked against their definitions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokpress.ops.select import evenly_spaced, topk_sorted
+from tokpress.ops.similarity import cosine_adjacent, cosine_matrix
+
+
+def _topk_reference(values: list[float], k: int) -> list[int]:
+    """The k largest values, ties to the lower index, returned in ascending index order (pure Python)."""
+    ranked = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(ranked[:k])
+
+
+# ---- topk_sorted ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3, 7, 20])
+def test_topk_sorted_keeps_largest_in_ascending_order(k):
+    gen = torch.Generator().manual_seed(k)
+    scores = torch.randn(20, generator=gen)
+    got = topk_sorted(scores, k)
+    assert got.dtype == torch.long and got.dim() == 1 and got.numel() == k
+    assert got.tolist() == _topk_reference(scores.tolist(), k)
+    # ascending index order, and every kept score >= every dropped score
+    assert bool((got[1:] > got[:-1]).all())
+    dropped = torch.ones(20, dtype=torch.bool)
+    dropped[got] = False
+    if dropped.any():
+        assert scores[got].min() >= scores[dropped].max()
+
+
+def test_topk_sorted_ties_go_to_lower_index():
+    assert topk_sorted(torch.tensor([0.1, 0.9, 0.5, 0.9]), 2).tolist() == [1, 3]
+    assert topk_sorted(torch.zeros(6), 3).tolist() == [0, 1, 2]
+    # a tie straddling the cut: of the three 0.5's only the earliest two fit after the 0.9
+    assert topk_sorted(torch.tensor([0.5, 0.2, 0.5, 0.9, 0.5]), 3).tolist() == [0, 2, 3]
+    # the ordering must not be index-descending among ties
+    assert topk_sorted(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), 1).tolist() == [0]
+
+
+def test_topk_sorted_bf16_input():
+    gen = torch.Generator().manual_seed(0)
+    # coarse values so bf16 rounding creates many exact ties
+    scores = (torch.randn(64, generator=gen) * 3).round().to(torch.bfloat16)
+    got = topk_sorted(scores, 10)
+    assert got.dtype == torch.long and got.numel() == 10
+    assert got.tolist() == _topk_reference(scores.float().tolist(), 10)
+
+
+def test_topk_sorted_with_infinities():
+    scores = torch.tensor([0.3, float("inf"), 0.7, float("inf"), -1.0])
+    assert topk_sorted(scores, 2).tolist() == [1, 3]
+    assert topk_sorted(scores, 3).tolist() == [1, 2, 3]
+
+
+# ---- evenly_spaced ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 37])
+def test_evenly_spaced_full_is_arange(n):
+    assert evenly_spaced(n, n).tolist() == list(range(n))
+
+
+def test_evenly_spaced_distinct_sorted_and_spread():
+    for n in range(1, 41):
+        for k in range(1, n + 1):
+            idx = evenly_spaced(n, k)
+            assert idx.dtype == torch.long and idx.numel() == k, (n, k)
+            vals = idx.tolist()
+            assert vals == sorted(set(vals)), (n, k, vals)
+            assert 0 <= vals[0] and vals[-1] < n, (n, k, vals)
+            if k > 1:
+                gaps = [b - a for a, b in zip(vals, vals[1:])]
+                assert max(gaps) - min(gaps) <= 1, (n, k, vals)
+                # gaps are floor/ceil of the bin width n / k
+                assert n // k <= min(gaps) and max(gaps) <= -(-n // k), (n, k, vals)
+            # centred: the margins before the first and after the last index are at most one bin wide
+            assert vals[0] <= n / k and (n - 1 - vals[-1]) <= n / k, (n, k, vals)
+            # one index per bin: the i-th token's cell [v, v + 1) overlaps the i-th bin [i n / k, (i + 1) n / k)
+            for i, v in enumerate(vals):
+                assert i * n < (v + 1) * k and v * k < (i + 1) * n, (n, k, i, v)
+
+
+def test_evenly_spaced_centres_of_bins():
+    # bins [0, 4) and [4, 8) -> centres 2 and 6; bins of 10 / 5 = 2 -> 1, 3, 5, 7, 9
+    assert evenly_spaced(8, 2).tolist() == [2, 6]
+    assert evenly_spaced(10, 5).tolist() == [1, 3, 5, 7, 9]
+    assert evenly_spaced(9, 1).tolist() == [4]
+
+
+@pytest.mark.parametrize("n,k", [(5, 0), (5, 6), (5, -1), (0, 0), (0, 1)])
+def test_evenly_spaced_rejects_bad_k(n, k):
+    with pytest.raises(ValueError):
+        evenly_spaced(n, k)
+
+
+# ---- cosine -----------------------------------------------------------------------------------------------------
+def _cos64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of the last axes in float64 from the definition ``a . b / (|a| |b|)``."""
+    a, b = a.double(), b.double()
+    return (a * b).sum(-1) / (a.pow(2).sum(-1).sqrt() * b.pow(2).sum(-1).sqrt())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cosine_adjacent_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(1)
+    frames = (torch.randn(5, 7, 16, generator=gen) * 4 + 1).to(dtype)
+    got = cosine_adjacent(frames)
+    assert got.shape == (4, 7)
+    assert got.dtype == torch.float32
+    want = torch.stack([_cos64(frames[t + 1], frames[t]) for t in range(4)])
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+
+
+def test_cosine_adjacent_identical_and_opposite_frames():
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 8, generator=gen)
+    frames = torch.stack([base, base * 2.5, -base])
+    got = cosine_adjacent(frames)
+    torch.testing.assert_close(got[0], torch.ones(6), atol=1e-6, rtol=0)  # scale does not matter
+    torch.testing.assert_close(got[1], -torch.ones(6), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cosine_matrix_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(3)
+    a = (torch.randn(2, 6, 16, generator=gen) * 3).to(dtype)
+    b = (torch.randn(2, 9, 16, generator=gen) - 0.5).to(dtype)
+    got = cosine_matrix(a, b)
+    assert got.shape == (2, 6, 9) and got.dtype == torch.float32
+    want = _cos64(a[:, :, None, :], b[:, None, :, :])
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+
+    self_sim = cosine_matrix(a)
+    assert self_sim.shape == (2, 6, 6) and self_sim.dtype == torch.float32
+    torch.testing.assert_close(self_sim.double(), _cos64(a[:, :, None, :], a[:, None, :, :]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.diagonal(self_sim, dim1=-2, dim2=-1), torch.ones(2, 6), atol=1e-5, rtol=0)
