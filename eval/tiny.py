@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID, PAD_ID = 250, 251, 252, 253, 0
@@ -197,3 +198,17 @@ def make_inputs(
         out["pixel_values"] = torch.cat(img_pixels).to(dtype)
         out["image_grid_thw"] = torch.stack(img_grids)
     return out
+
+
+def moving_square_video(spec: VideoSpec = VideoSpec(), side: int = 32, seed: int = 0) -> np.ndarray:
+    """``[T, H, W, 3]`` uint8 frames: a red square sliding diagonally over a fixed noisy checkerboard."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: spec.height, : spec.width]
+    checker = (((yy // 8) + (xx // 8)) % 2 * 80 + 60).astype(np.int16)
+    background = checker[..., None] + rng.integers(-20, 21, (spec.height, spec.width, 3))
+    background = np.clip(background, 0, 255).astype(np.uint8)
+    frames = np.repeat(background[None], spec.frames, axis=0)
+    for t in range(spec.frames):
+        y = x = t * (min(spec.height, spec.width) - side) // max(spec.frames - 1, 1)
+        frames[t, y : y + side, x : x + side] = (220, 30, 30)
+    return frames

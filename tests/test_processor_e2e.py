@@ -7,30 +7,15 @@ the token layout, pixel packing, ``mm_token_type_ids`` and ``second_per_grid_ts`
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import tokpress
-from tokpress.eval.tiny import FAMILIES, VIDEO_ID, VideoSpec, tiny_model, video_token_count
+from tokpress.eval.tiny import FAMILIES, VIDEO_ID, VideoSpec, moving_square_video, tiny_model, video_token_count
 from tokpress.eval.tiny_processor import tiny_processor
 
 SPEC = VideoSpec(frames=8, height=112, width=112)
 RATIO = 0.25
-
-
-def moving_square_video(spec: VideoSpec = SPEC, side: int = 32, seed: int = 0) -> np.ndarray:
-    """``[T, H, W, 3]`` uint8 frames: a red square sliding diagonally over a fixed noisy checkerboard."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: spec.height, : spec.width]
-    checker = (((yy // 8) + (xx // 8)) % 2 * 80 + 60).astype(np.int16)
-    background = checker[..., None] + rng.integers(-20, 21, (spec.height, spec.width, 3))
-    background = np.clip(background, 0, 255).astype(np.uint8)
-    frames = np.repeat(background[None], spec.frames, axis=0)
-    for t in range(spec.frames):
-        y = x = t * (min(spec.height, spec.width) - side) // max(spec.frames - 1, 1)
-        frames[t, y : y + side, x : x + side] = (220, 30, 30)
-    return frames
 
 
 def grid_tokens(family: str, video_tokens: int) -> int:
@@ -45,7 +30,7 @@ def case(request):
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves? Answer:"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     assert isinstance(prompt, str) and processor.video_token in prompt
-    inputs = processor(text=[prompt], videos=[moving_square_video()], return_tensors="pt")
+    inputs = processor(text=[prompt], videos=[moving_square_video(SPEC)], return_tensors="pt")
     model = tiny_model(family)
     yield family, processor, model, inputs
     tokpress.remove(model)
