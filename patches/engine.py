@@ -29,7 +29,7 @@ from tokpress.config import TokpressConfig, budget
 from tokpress.errors import InputError
 from tokpress.patches.attention import ProjectionCapture, apply_rope, last_query_attention
 from tokpress.patches.base import Adapter
-from tokpress.patches.layout import Layout, gather_seq, pack
+from tokpress.patches.layout import Layout, gather_seq, pack, shrink
 from tokpress.patches.masks import chunk_mask, text_positions
 from tokpress.patches.plans import check_plan, outer_keep
 from tokpress.policies.base import InnerTokens
@@ -246,11 +246,7 @@ class Engine:
         if has_video and self.outer is not None:
             keep, replace, kept = outer_keep(self.outer, self.config.outer.ratio, emb, spans, layout)
             index, filler = pack(keep)
-            if replace:
-                emb = emb.clone()
-                for b, at, feats in replace:
-                    emb[b, at] = feats.to(emb.dtype)
-            emb = gather_seq(emb, index).masked_fill(filler[..., None], 0)
+            emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)
             layout = layout.select(index, filler)
             layout.src = torch.arange(index.shape[1], device=emb.device).expand_as(index)
@@ -360,11 +356,7 @@ class Engine:
                     kept.append([])
                 keep.append(alive.nonzero().squeeze(1))
             index, filler = pack(keep)
-            if replace:
-                hidden = hidden.clone()
-                for b, at, feats in replace:
-                    hidden[b, at] = feats.to(hidden.dtype)
-            hidden = gather_seq(hidden, index).masked_fill(filler[..., None], 0)
+            hidden = shrink(hidden, index, filler, replace)
             chunk.layout = layout = layout.select(index, filler)
             chunk.stats.kept[f"inner{stage}"] = kept
             chunk.stats.after_inner[stage] = layout.video_counts()

@@ -44,6 +44,24 @@ def gather_seq(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tens
     return x.gather(dim, index.view(view).expand(shape))
 
 
+def shrink(
+    x: torch.Tensor,
+    index: torch.Tensor,
+    filler: torch.Tensor,
+    replace: list[tuple[int, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """Gather the rows ``index`` of ``x`` ``[B, L, D]`` after writing merged features, and zero the fillers.
+
+    Args:
+        replace: ``(sample, positions [k], features [k, D])`` written into ``x`` before the gather.
+    """
+    if replace:
+        x = x.clone()
+        for b, at, feats in replace:
+            x[b, at] = feats.to(x.dtype)
+    return gather_seq(x, index).masked_fill(filler[..., None], 0)
+
+
 @dataclass
 class Layout:
     """Per-position facts ``[B, L]`` about the tokens of the current forward, in their current order.
