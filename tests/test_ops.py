@@ -135,3 +135,39 @@ def test_cosine_matrix_matches_reference(dtype):
     assert self_sim.shape == (2, 6, 6) and self_sim.dtype == torch.float32
     torch.testing.assert_close(self_sim.double(), _cos64(a[:, :, None, :], a[:, None, :, :]), atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.diagonal(self_sim, dim1=-2, dim2=-1), torch.ones(2, 6), atol=1e-5, rtol=0)
+
+
+def test_dpc_knn_finds_the_blobs_and_assigns_every_point_to_its_blob():
+    from tokpress.ops import dpc_knn
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = torch.arange(3).repeat_interleave(6)
+    x = centres[labels] + 0.3 * torch.randn(18, 2, generator=gen)
+    centers, assign, density = dpc_knn(x, 3, k=3)
+    assert centers.tolist() == sorted(centers.tolist()) and centers.numel() == 3
+    assert sorted(labels[centers].tolist()) == [0, 1, 2]  # one peak per blob
+    assert torch.equal(labels[centers][assign], labels)  # every point joins its own blob's peak
+    assert torch.equal(assign[centers], torch.arange(3))
+    assert density.shape == (18,)
+
+
+def test_dpc_knn_is_deterministic_on_ties():
+    from tokpress.ops import dpc_knn
+
+    x = torch.zeros(5, 4)  # all identical: every score ties
+    centers, assign, _ = dpc_knn(x, 2)
+    assert centers.tolist() == [0, 1] and dpc_knn(x, 2)[0].tolist() == [0, 1]
+    assert dpc_knn(torch.ones(1, 3), 4)[0].tolist() == [0]
+
+
+def test_group_mean_weighted():
+    from tokpress.ops import group_mean, group_size
+
+    x = torch.tensor([[1.0], [3.0], [10.0], [7.0]], dtype=torch.bfloat16)
+    groups = torch.tensor([0, 0, 2, 0])
+    w = torch.tensor([1.0, 3.0, 2.0, 0.0])
+    out = group_mean(x, groups, 3, w)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out[:, 0], torch.tensor([(1 + 9) / 4, 0.0, 10.0]))
+    assert group_size(groups, 3).tolist() == [3.0, 0.0, 1.0]

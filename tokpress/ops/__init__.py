@@ -1,6 +1,17 @@
 """Tensor operations shared by policies: selection, similarity."""
 
+from tokpress.ops.cluster import dpc_knn, knn_density
+from tokpress.ops.merge import group_mean, group_size
 from tokpress.ops.select import evenly_spaced, topk_sorted
 from tokpress.ops.similarity import cosine_adjacent, cosine_matrix
 
-__all__ = ["cosine_adjacent", "cosine_matrix", "evenly_spaced", "topk_sorted"]
+__all__ = [
+    "cosine_adjacent",
+    "cosine_matrix",
+    "dpc_knn",
+    "evenly_spaced",
+    "group_mean",
+    "group_size",
+    "knn_density",
+    "topk_sorted",
+]

@@ -9,7 +9,7 @@ replace them (merging methods). The engine applies the plan to embeddings, posit
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
@@ -34,6 +34,16 @@ class Grid:
         return self.frames * self.height * self.width
 
 
+@dataclass(frozen=True)
+class VideoSlot:
+    """Where one video sits among a sample's video-token ordinals: grid tokens ``offset .. offset + grid.numel``,
+    then ``extra`` protected tokens (LLaVA-OneVision's newline)."""
+
+    offset: int
+    grid: Grid
+    extra: int = 0
+
+
 @dataclass
 class VideoTokens:
     """One video's tokens at the LLM input (outer stage).
@@ -43,12 +53,16 @@ class VideoTokens:
         grid: the token grid.
         sample: index of the sample in the batch.
         video: index of the video within its sample.
+        attention: ``[N]`` attention each token receives in the vision encoder's last block (mean over heads and
+            over the queries of its frame, summed over the patches merged into the token), float32; given only to
+            policies with ``needs_vision_attention`` (see the adapter for each family's exact definition).
     """
 
     features: torch.Tensor
     grid: Grid
     sample: int = 0
     video: int = 0
+    attention: torch.Tensor | None = None
 
 
 @dataclass
@@ -58,10 +72,14 @@ class InnerTokens:
     Attributes:
         hidden: ``[n, D]`` hidden states of the droppable visual tokens, in sequence order.
         ordinals: ``[n]`` index of each token among the sample's original video tokens (all videos, in order).
-        attention: ``[n]`` attention the last query gives each token at layer ``layer - 1`` (mean over heads),
-            or ``None`` when the policy does not ask for it.
+        attention: ``[n]`` attention at layer ``layer - 1`` (float32), or ``None`` when the policy does not ask for
+            it: with ``attention_queries == "last"`` the last query's (mean over heads); with ``"question"`` the
+            maximum over heads and over the text queries after the sample's last video token.
         layer: the decoder layer the tokens are about to enter.
         sample: index of the sample in the batch.
+        videos: the sample's videos, to map ordinals to (video, frame, row, column).
+        memory: a dict the policy may use to keep per-sample state across the decode steps of one cache
+            (decode-time policies only; empty otherwise).
     """
 
     hidden: torch.Tensor
@@ -69,6 +87,8 @@ class InnerTokens:
     attention: torch.Tensor | None
     layer: int
     sample: int = 0
+    videos: tuple[VideoSlot, ...] = ()
+    memory: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +131,8 @@ class OuterPolicy(ABC):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[PolicyConfig]] = PolicyConfig
+    #: ask the engine for ``VideoTokens.attention`` (vision-encoder attention; costs one extra O(N d) pass)
+    needs_vision_attention: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -125,7 +147,14 @@ class InnerPolicy(ABC):
 
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[PolicyConfig]] = PolicyConfig
+    #: ask the engine for ``InnerTokens.attention`` computed from layer K-1's projections
     needs_attention: ClassVar[bool] = False
+    #: which queries' attention: ``"last"`` (the last token) or ``"question"`` (text after the last video)
+    attention_queries: ClassVar[str] = "last"
+    #: also cut the KV cache of layers < K down to the kept set (PruneVid); layers < K then store fewer tokens
+    prune_earlier_kv: ClassVar[bool] = False
+    #: run at every decode step to choose which visual tokens layers >= K may attend to (DyCoke); masks only
+    decode: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -134,6 +163,12 @@ class InnerPolicy(ABC):
     def default_layer(cls, num_layers: int) -> int:
         """The layer K the policy prunes at when the user names none (FastV's K=2, capped by the depth)."""
         return max(1, min(2, num_layers - 1))
+
+    @classmethod
+    def schedule(cls, config: PolicyConfig, num_layers: int, layer: int, ratio: float) -> list[tuple[int, float]]:
+        """The ``(layer, ratio)`` of every stage this policy runs, layers increasing; each ratio is relative to the
+        tokens entering that stage. Default: one stage at ``layer``. Multi-stage methods (PyramidDrop) override."""
+        return [(layer, ratio)]
 
     @abstractmethod
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
