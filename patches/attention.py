@@ -22,15 +22,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class ProjectionCapture:
-    """Keeps the last query row and all keys a layer's attention computes, while ``active``."""
+    """Keeps the queries (the last row, or all rows with ``all_queries``) and the keys a layer's attention
+    computes, while ``active``."""
 
-    def __init__(self, attention: nn.Module) -> None:
+    def __init__(self, attention: nn.Module, all_queries: bool = False) -> None:
         self.attention = attention
         self.head_dim: int = attention.head_dim
         self.scaling: float = attention.scaling
+        self.all_queries = all_queries
         self.active = False
-        self.q_last: torch.Tensor | None = None
-        self.k: torch.Tensor | None = None
+        self.q: torch.Tensor | None = None  # [B, q, H, d] (q = 1 unless all_queries)
+        self.k: torch.Tensor | None = None  # [B, KV, q, d]
 
     def modules(self) -> tuple[nn.Module, nn.Module]:
         a = self.attention
@@ -43,14 +45,15 @@ class ProjectionCapture:
 
     def _on_q(self, module, args, out) -> None:
         if self.active:
-            self.q_last = out[:, -1].reshape(out.shape[0], -1, self.head_dim)  # [B, H, d]
+            rows = out if self.all_queries else out[:, -1:]
+            self.q = rows.reshape(out.shape[0], rows.shape[1], -1, self.head_dim)
 
     def _on_k(self, module, args, out) -> None:
         if self.active:
             self.k = out.reshape(out.shape[0], out.shape[1], -1, self.head_dim).transpose(1, 2)  # [B, KV, L, d]
 
     def clear(self) -> None:
-        self.active, self.q_last, self.k = False, None, None
+        self.active, self.q, self.k = False, None, None
 
 
 def last_query_attention(
@@ -76,3 +79,34 @@ def last_query_attention(
     logits = torch.einsum("bkgd,bksd->bkgs", q, keys.float()) * scaling
     logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     return logits.softmax(-1).mean(dim=(1, 2))
+
+
+def question_attention(
+    queries: torch.Tensor,
+    query_valid: torch.Tensor,
+    query_index: torch.Tensor,
+    keys: torch.Tensor,
+    key_mask: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
+    """Attention of several queries per sample over every key, maximised over heads and queries (PruneVid).
+
+    Args:
+        queries: ``[B, Q, H, d]`` rotated queries (padded to the longest sample).
+        query_valid: ``[B, Q]`` True for real queries.
+        query_index: ``[B, Q]`` key index of each query's own position (causality: keys after it are hidden).
+        keys: ``[B, KV, S, d]`` rotated keys.
+        key_mask: ``[B, S]`` True where the key may be attended.
+        scaling: the layer's softmax scale.
+
+    Returns:
+        ``[B, S]`` float32; 0 for samples without a valid query.
+    """
+    b, nq, h, d = queries.shape
+    kv, s = keys.shape[1], keys.shape[2]
+    q = queries.float().permute(0, 2, 1, 3).reshape(b, kv, h // kv, nq, d)
+    logits = torch.einsum("bkgqd,bksd->bkgqs", q, keys.float()) * scaling
+    allowed = key_mask[:, None, :] & (torch.arange(s, device=keys.device)[None, None, :] <= query_index[:, :, None])
+    probs = logits.masked_fill(~allowed[:, None, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+    probs = probs.masked_fill(~query_valid[:, None, None, :, None], 0.0)
+    return probs.amax(dim=(1, 2, 3))

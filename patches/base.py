@@ -96,6 +96,11 @@ class Adapter:
         """Turn ``[R, B, q]`` rotary rows into the ``position_ids`` the base model's forward accepts."""
         return rows[0] if self.rope_rows == 1 else rows
 
+    def install_vision_capture(self, active, sink) -> list:
+        """Register hooks that, while ``active()``, pass ``sink`` the vision attention ``[tokens]`` of each video
+        encoding call, in LLM token order. Families without one raise :class:`UnsupportedModelError`."""
+        raise UnsupportedModelError(f"{self.family}: no vision-encoder attention; use a policy that does not need it")
+
     # ---- videos -----------------------------------------------------------------------------------------------
     def find_videos(self, is_video: torch.Tensor, rope: torch.Tensor | None) -> list[VideoSpan]:
         """The videos of one sample.

@@ -31,6 +31,7 @@ def outer_keep(
     embeds: torch.Tensor,
     spans: list[list[VideoSpan]],
     layout: Layout,
+    attention: list[list[torch.Tensor | None]] | None = None,
 ) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]], list[list[list[int]]]]:
     """Plan every video of the batch.
 
@@ -40,6 +41,7 @@ def outer_keep(
         embeds: ``[B, q, D]`` decoder inputs with the video features scattered in.
         spans: per sample, its videos.
         layout: the logical layout (for the padding of each sample).
+        attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
 
     Returns:
         per-sample kept positions ``[n_b]``; replacement features ``(sample, positions, [k, D])``; the kept grid
@@ -52,7 +54,8 @@ def outer_keep(
         for j, span in enumerate(found):
             n = span.grid.numel
             k = budget(ratio, n)
-            video = VideoTokens(embeds[b, span.start : span.start + n], span.grid, sample=b, video=j)
+            att = attention[b][j] if attention is not None else None
+            video = VideoTokens(embeds[b, span.start : span.start + n], span.grid, sample=b, video=j, attention=att)
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             alive[span.start : span.start + n] = False
             alive[span.start + plan.keep] = True

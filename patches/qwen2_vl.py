@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from tokpress.patches.attention import rotate_half
 from tokpress.patches.base import Adapter, VideoSpan, runs
+from tokpress.patches.vision import mean_query_attention
 from tokpress.policies.base import Grid
 
 
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     rope_rows = 3
+
+    def install_vision_capture(self, active, sink) -> list:
+        return qwen_vision_capture(self, active, sink)
 
     def find_videos(self, is_video: torch.Tensor, rope: torch.Tensor | None) -> list[VideoSpan]:
         spans = runs(is_video)
@@ -37,3 +42,56 @@ class Qwen2VLAdapter(Adapter):
                 raise self.layout_error(f"{length} video tokens do not fill a {height}x{width} grid")
             out.append(VideoSpan(start, Grid(frames, height, width)))
         return out
+
+
+def _vision_window_order(visual, grid_thw: torch.Tensor) -> torch.Tensor | None:
+    """Qwen2.5-VL reorders the vision sequence into attention windows (per 2x2 merge unit); ``None`` for Qwen2-VL."""
+    if not hasattr(visual, "fullatt_block_indexes"):
+        return None
+    from transformers.vision_utils import get_vision_window_index
+
+    window_index, _ = get_vision_window_index(
+        grid_thw,
+        spatial_merge_size=visual.spatial_merge_size,
+        window_size=visual.window_size,
+        patch_size=visual.patch_size,
+    )
+    return window_index
+
+
+def qwen_vision_capture(adapter: Adapter, active, sink) -> list:
+    """Hooks on the last vision block: per LLM video token, the mean-query attention its 2x2 patches receive
+    within their temporal patch (summed over the 4 merged patches), in the LLM's raster order."""
+    visual = adapter.base.visual
+    attn = visual.blocks[-1].attn
+    state: dict = {}
+
+    def on_visual(module, args, kwargs):
+        if active():
+            state["grid"] = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+    def on_attention(module, args, kwargs):
+        if active():
+            state["cu"], state["rope"] = kwargs["cu_seqlens"], kwargs.get("position_embeddings")
+
+    def on_qkv(module, args, out):
+        if not active():
+            return
+        q, k = out.reshape(out.shape[0], 3, attn.num_heads, -1)[:, :2].float().unbind(1)
+        if state.get("rope") is not None:
+            cos, sin = (t.float()[:, None] for t in state["rope"])
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        cu = state["cu"]
+        groups = torch.repeat_interleave(
+            torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).to(q.device)
+        )
+        scores = mean_query_attention(q, k, groups, attn.scaling)
+        merged = scores.view(-1, visual.spatial_merge_size**2).sum(-1)
+        order = _vision_window_order(visual, state["grid"])
+        sink(merged if order is None else merged[torch.argsort(order.to(merged.device))])
+
+    return [
+        visual.register_forward_pre_hook(on_visual, with_kwargs=True),
+        attn.register_forward_pre_hook(on_attention, with_kwargs=True),
+        attn.qkv.register_forward_hook(on_qkv),
+    ]

@@ -140,7 +140,7 @@ def build_config(
             "inner_ratio/inner_layer/inner_options given but no inner policy; pass inner=... or drop them"
         )
     routed_outer, routed_inner = _route_options(outer, inner, options)
-    outer_stage = inner_stage = None
+    outer_stage, inner_stages = None, ()
     if outer is not None:
         ratio = outer_ratio if outer_ratio is not None else retain_ratio
         if ratio is None:
@@ -160,7 +160,13 @@ def build_config(
                 f"decoder, got {layer!r}"
             )
         opts = {**(preset.inner_options if preset else {}), **(inner_options or {}), **routed_inner}
-        inner_stage = InnerStage(inner, layer, float(ratio), _make_options("inner", inner, opts))
-    return TokpressConfig(
-        method=method, outer=outer_stage, inner=(inner_stage,) if inner_stage else (), num_layers=num_layers
-    )
+        options_obj = _make_options("inner", inner, opts)
+        schedule = policy_cls.schedule(options_obj, num_layers, layer, float(ratio))
+        layers = [k for k, _ in schedule]
+        if not layers or layers != sorted(set(layers)) or not all(1 <= k < num_layers for k in layers):
+            raise ConfigError(
+                f"inner policy {inner!r} scheduled layers {layers}; they must increase within "
+                f"[1, {num_layers - 1}] — choose another inner_layer"
+            )
+        inner_stages = tuple(InnerStage(inner, k, float(r), options_obj) for k, r in schedule)
+    return TokpressConfig(method=method, outer=outer_stage, inner=inner_stages, num_layers=num_layers)

@@ -4,7 +4,9 @@ Used to replay a recorded selection (``model.tokpress.last.kept``) and as the ze
 
 Options:
     keep: outer — ``keep[sample][video]`` is a sequence of token indices into that video's grid; inner —
-        ``keep[sample]`` is a sequence of ordinals (indices among the sample's original video tokens).
+        ``keep[sample]`` is a sequence of ordinals (indices among the sample's original video tokens), or with
+        ``layers`` one such list per stage, ``keep[stage][sample]``.
+    layers, ratios: inner only — replay a multi-stage policy: one stage per layer, each with its ratio.
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ from tokpress.registry import register_policy
 @dataclass(frozen=True)
 class FixedConfig(PolicyConfig):
     keep: Any = ()
-    """Per-sample (outer: per-sample, per-video) index sequences."""
+    """Per-sample (outer: per-sample, per-video; inner multi-stage: per-stage, per-sample) index sequences."""
+    layers: tuple[int, ...] = ()
+    """Inner only: the decoder layer of each stage to replay (default: one stage at ``inner_layer``)."""
+    ratios: tuple[float, ...] = ()
+    """Inner only: the ratio of each stage in ``layers``."""
 
     def validate(self) -> None:
         self.check(len(self.keep) > 0, "fixed policy needs keep=[...] index sequences, one per sample")
+        self.check(len(self.layers) == len(self.ratios), "fixed: give one ratio per layer (layers=..., ratios=...)")
+        self.check(
+            not self.layers or len(self.keep) == len(self.layers),
+            f"fixed: keep must hold one per-sample list per stage ({len(self.layers)} stages)",
+        )
 
 
 def _as_index(value, n: int, budget: int, where: str, device) -> torch.Tensor:
@@ -57,10 +68,17 @@ class FixedOuterPolicy(OuterPolicy):
 class FixedInnerPolicy(InnerPolicy):
     config_cls = FixedConfig
 
+    @classmethod
+    def schedule(cls, config: FixedConfig, num_layers: int, layer: int, ratio: float) -> list[tuple[int, float]]:
+        return list(zip(config.layers, config.ratios)) if config.layers else [(layer, ratio)]
+
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
         where = f"sample {tokens.sample}"
+        keep = self.config.keep
+        if self.config.layers:
+            keep = keep[list(self.config.layers).index(tokens.layer)]
         try:
-            wanted = torch.as_tensor(self.config.keep[tokens.sample], dtype=torch.long, device=tokens.ordinals.device)
+            wanted = torch.as_tensor(keep[tokens.sample], dtype=torch.long, device=tokens.ordinals.device)
         except (IndexError, KeyError):
             raise InputError(f"fixed keep has no entry for {where}") from None
         hit = torch.isin(tokens.ordinals, wanted).nonzero().squeeze(1)

@@ -1,0 +1,226 @@
+"""Inner-LLM stages: forward pre-hooks on decoder layers ``>= K``.
+
+At a stage's layer the hook scores and drops (or merges) visual tokens of the hidden states; at every layer from
+the first stage on it gathers the shared rotary tables to the surviving tokens, sets ``position_ids=None`` and
+swaps in one mask rebuilt with ``create_causal_mask(layer_idx=K)``, so layers ``>= K`` cache fewer tokens by
+construction. Decode-time stages (DyCoke) instead choose, at every decode step, which cached visual tokens layers
+``>= K`` may attend to (a mask; the cache keeps every token).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers.cache_utils import DynamicLayer
+from transformers.masking_utils import create_causal_mask
+
+from tokpress.config import budget
+from tokpress.errors import InputError
+from tokpress.patches.attention import apply_rope, last_query_attention, question_attention
+from tokpress.patches.layout import gather_seq, pack, shrink
+from tokpress.patches.plans import check_plan
+from tokpress.patches.session import Chunk, Segment
+from tokpress.policies.base import InnerTokens
+
+if TYPE_CHECKING:
+    from tokpress.patches.engine import Engine
+
+
+class InnerRunner:
+    """Runs the engine's inner stages."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.decode_stages = [s for s, p in enumerate(engine.inner) if p.decode]
+
+    def stage_of(self, layer: int) -> int:
+        """Index of the last stage at or before ``layer`` (-1 before the first)."""
+        return sum(1 for k in self.engine.stage_layers if k <= layer) - 1
+
+    def rope(self, chunk: Chunk, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared rotary tables gathered to the chunk's current layout (cached per segment)."""
+        cos, sin = kwargs["position_embeddings"]
+        key = (chunk.segment, id(cos))
+        if key not in chunk.rope:
+            src = chunk.layout.src
+            same = src.shape[1] == cos.shape[1] and chunk.segment == 0
+            chunk.rope = {key: (cos, sin) if same else (gather_seq(cos, src), gather_seq(sin, src))}
+        return chunk.rope[key]
+
+    # ---- the hook -------------------------------------------------------------------------------------------
+    def on_layer(self, layer: int, module, args, kwargs):
+        chunk = self.engine.chunk
+        if chunk is None or chunk.layout is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        stage = self.stage_of(layer)
+        if layer == self.engine.stage_layers[stage]:
+            hidden = self._run_stage(stage, layer, hidden, chunk, kwargs)
+        kwargs["position_embeddings"] = self.rope(chunk, kwargs)
+        kwargs["attention_mask"] = chunk.layer_mask
+        kwargs["position_ids"] = None
+        if args:
+            return (hidden, *args[1:]), kwargs
+        kwargs["hidden_states"] = hidden
+        return args, kwargs
+
+    def _run_stage(self, stage: int, layer: int, hidden: torch.Tensor, chunk: Chunk, kwargs) -> torch.Tensor:
+        engine, session, past = self.engine, chunk.session, kwargs.get("past_key_values")
+        policy = engine.inner[stage]
+        pruned, pre_len = None, chunk.layout.mask.shape[1]
+        if chunk.stats is not None and not policy.decode and bool(chunk.layout.droppable.any()):
+            t0 = engine.clock(hidden.device)
+            hidden, pruned = self._prune(stage, layer, hidden, chunk, kwargs, past)
+            chunk.stats.compression_s += engine.clock(hidden.device) - t0
+        if chunk.stats is not None:
+            chunk.stats.after_inner[stage] = chunk.layout.video_counts()
+            chunk.stats.seq_tokens[stage + 1] = chunk.layout.real_counts()
+        chunk.segment = stage + 1
+        segment = Segment.of(chunk.layout)
+        if session is not None:
+            if chunk.continuing and session.segments[stage + 1] is not None:
+                segment = session.segments[stage + 1].extend(chunk.layout)
+            session.segments[stage + 1] = segment
+            if pruned is not None and policy.prune_earlier_kv:
+                self._prune_earlier_kv(stage, layer, pruned, pre_len, segment, chunk, past)
+        mask = segment.mask
+        if policy.decode and chunk.continuing and chunk.stats is None:
+            mask = self._decode_visibility(stage, layer, segment, chunk, kwargs, past)
+        chunk.layer_mask = create_causal_mask(
+            config=engine.adapter.text_config,
+            inputs_embeds=hidden,
+            attention_mask=mask,
+            past_key_values=past,
+            position_ids=None,
+            layer_idx=layer,
+        )
+        return hidden
+
+    # ---- prefill: drop or merge -------------------------------------------------------------------------------
+    def _prune(self, stage, layer, hidden, chunk, kwargs, past):
+        engine, layout = self.engine, chunk.layout
+        policy, ratio = engine.inner[stage], engine.config.inner[stage].ratio
+        scores = None
+        if policy.needs_attention:
+            scores = self.scores(stage, chunk, kwargs, past)[:, -layout.mask.shape[1] :]
+        keep, replace, kept = [], [], []
+        for b in range(hidden.shape[0]):
+            cand = layout.droppable[b].nonzero().squeeze(1)
+            alive = ~layout.filler[b]
+            kept_b: list[int] = []
+            if cand.numel():
+                n, k = cand.numel(), budget(ratio, cand.numel())
+                tokens = InnerTokens(
+                    hidden[b, cand],
+                    layout.ordinal[b, cand],
+                    None if scores is None else scores[b, cand],
+                    layer,
+                    b,
+                    videos=chunk.slots[b] if chunk.slots else (),
+                )
+                plan = check_plan(policy.plan(tokens, k), k, n, f"inner policy {policy.name!r} at layer {layer}")
+                alive[cand] = False
+                alive[cand[plan.keep]] = True
+                if plan.features is not None:
+                    replace.append((b, cand[plan.keep], plan.features))
+                kept_b = layout.ordinal[b, cand[plan.keep]].tolist()
+            kept.append(kept_b)
+            keep.append(alive.nonzero().squeeze(1))
+        index, filler = pack(keep)
+        hidden = shrink(hidden, index, filler, replace)
+        chunk.layout = layout.select(index, filler)
+        chunk.stats.kept[f"inner{stage}"] = kept
+        return hidden, index
+
+    def _prune_earlier_kv(self, stage, layer, index, pre_len, segment, chunk, past) -> None:
+        """Cut the cache of layers < K to the kept set too (PruneVid): they then hold what layers >= K hold."""
+        if stage != 0:
+            raise InputError("earlier-KV pruning is only supported at a policy's first stage")
+        layers = past.layers[:layer]
+        if not all(type(cl) is DynamicLayer for cl in layers):
+            raise InputError(
+                "this method cuts the KV cache of the layers before K, which needs the default "
+                "DynamicCache; do not pass cache_implementation='static'"
+            )
+        session = chunk.session
+        past_len = session.segments[0].length - pre_len
+        for cl in layers:
+            cut = self._earlier_index(index, past_len, cl.keys.device)
+            at = cut[:, None, :, None].expand(-1, cl.keys.shape[1], -1, cl.keys.shape[3])
+            cl.keys, cl.values = cl.keys.gather(2, at), cl.values.gather(2, at)
+        session.segments[0] = segment
+        session.dropped = True
+
+    @staticmethod
+    def _earlier_index(index: torch.Tensor, past_len: int, device) -> torch.Tensor:
+        """Cache index ``[B, past + L']``: the past untouched, then the kept chunk positions."""
+        past = torch.arange(past_len, device=device).expand(index.shape[0], past_len)
+        return torch.cat([past, index.to(device) + past_len], 1)
+
+    # ---- decode: choose what layers >= K may see -----------------------------------------------------------------
+    def _decode_visibility(self, stage, layer, segment: Segment, chunk, kwargs, past) -> torch.Tensor:
+        engine, session = self.engine, chunk.session
+        policy, ratio = engine.inner[stage], engine.config.inner[stage].ratio
+        scores = self.scores(stage, chunk, kwargs, past)
+        mask = segment.mask.clone()
+        for b in range(mask.shape[0]):
+            cand = segment.droppable[b].nonzero().squeeze(1)
+            if not cand.numel():
+                continue
+            n, k = cand.numel(), budget(ratio, cand.numel())
+            tokens = InnerTokens(
+                scores.new_zeros(n, 0),
+                segment.ordinal[b, cand],
+                scores[b, cand],
+                layer,
+                b,
+                videos=session.slots[b] if session.slots else (),
+                memory=session.memory[b],
+            )
+            plan = check_plan(policy.plan(tokens, k), k, n, f"decode policy {policy.name!r} at layer {layer}")
+            hidden = torch.ones(n, dtype=torch.bool, device=mask.device)
+            hidden[plan.keep] = False
+            mask[b, cand[hidden]] = 0
+        return mask
+
+    # ---- attention of layer K-1 -----------------------------------------------------------------------------
+    def scores(self, stage: int, chunk: Chunk, kwargs, past) -> torch.Tensor:
+        """``[B, S]`` attention at layer K-1 over every key it sees (the cached past, then this chunk)."""
+        engine = self.engine
+        cap = engine.captures[stage]
+        if cap.q is None or cap.k is None:
+            raise RuntimeError("tokpress: layer K-1 projections were not captured; was the forward interrupted?")
+        cos, sin = self.rope(chunk, kwargs)
+        keys = apply_rope(cap.k, cos, sin)
+        key_mask = chunk.layout.mask.bool()
+        past_len = 0
+        session = chunk.session
+        if chunk.continuing and past is not None and session is not None:
+            prev = engine.stage_layers[stage] - 1
+            seg = session.segments[self.stage_of(prev) + 1]
+            past_len = seg.length - keys.shape[2]
+            cached = past.layers[prev].keys[:, :, :past_len].to(keys.device)
+            keys = torch.cat([cached.to(keys.dtype), keys], 2)
+            key_mask = torch.cat([seg.mask[:, :past_len].bool().to(key_mask.device), key_mask], 1)
+        if not cap.all_queries:
+            q = apply_rope(cap.q.transpose(1, 2), cos[:, -1:], sin[:, -1:])[:, :, 0]
+            return last_query_attention(q.to(keys.device), keys, key_mask, cap.scaling)
+        return self._question_scores(cap, chunk.layout, cos, sin, keys, key_mask, past_len)
+
+    @staticmethod
+    def _question_scores(cap, layout, cos, sin, keys, key_mask, past_len) -> torch.Tensor:
+        """Max attention of each sample's question (real text after its last video token) over the keys."""
+        q_all = apply_rope(cap.q.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, L, H, d]
+        is_video = layout.ordinal >= 0
+        positions = torch.arange(is_video.shape[1], device=is_video.device)
+        last_video = torch.where(is_video, positions, -1).amax(1)
+        question = (positions[None] > last_video[:, None]) & layout.mask.bool() & (last_video[:, None] >= 0)
+        picks = [row.nonzero().squeeze(1) for row in question]
+        width = max(1, max(p.numel() for p in picks))
+        index = torch.zeros(len(picks), width, dtype=torch.long, device=is_video.device)
+        valid = torch.zeros(len(picks), width, dtype=torch.bool, device=is_video.device)
+        for b, p in enumerate(picks):
+            index[b, : p.numel()], valid[b, : p.numel()] = p, True
+        queries = gather_seq(q_all, index)
+        return question_attention(queries, valid, index + past_len, keys, key_mask, cap.scaling)

@@ -1,0 +1,92 @@
+"""Vision-encoder attention for outer policies that rank tokens by it (HoliTom, FastVID, VisionZip).
+
+Nothing is switched to eager attention. While the model encodes *videos* (``get_video_features`` is wrapped with
+``functools.wraps``, so 5.23 ``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and
+key projections of one vision block; the adapter turns them into the attention each LLM video token receives with
+the mean-query proxy FastVID uses for Qwen2.5-VL: ``softmax(mean_i(q_i) . k_j / sqrt(d))`` within each attention
+group (a frame or temporal patch), averaged over heads — O(n d) instead of O(n^2 d).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from tokpress.patches.base import Adapter, VideoSpan
+
+logger = logging.getLogger("tokpress")
+
+
+def mean_query_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention each key receives from its group's mean query, averaged over heads.
+
+    Args:
+        q, k: ``[n, H, d]`` (rotated where the model rotates them).
+        groups: ``[n]`` attention group of each row (rows attend only within their group), non-decreasing.
+        scale: the softmax scale.
+
+    Returns:
+        ``[n]`` float32; sums to 1 within each group.
+    """
+    q, k = q.float(), k.float()
+    num = int(groups[-1]) + 1
+    count = torch.zeros(num, device=q.device).index_add_(0, groups, torch.ones_like(groups, dtype=torch.float))
+    q_mean = torch.zeros(num, *q.shape[1:], device=q.device).index_add_(0, groups, q) / count[:, None, None]
+    logits = (q_mean[groups] * k).sum(-1) * scale  # [n, H]
+    top = torch.full((num, logits.shape[1]), float("-inf"), device=q.device)
+    top = top.scatter_reduce(0, groups[:, None].expand_as(logits), logits, "amax")
+    e = (logits - top[groups]).exp()
+    total = torch.zeros_like(top).index_add_(0, groups, e)
+    return (e / total[groups]).mean(-1)
+
+
+class VisionAttention:
+    """Collects the vision attention of each video the model encodes, for the outer stage to hand to its policy."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.active = False
+        self.collected: list[torch.Tensor] = []
+        self._handles: list = []
+        self._wrapper = None
+
+    def install(self) -> None:
+        base = self.adapter.base
+        original = base.get_video_features
+
+        @functools.wraps(original)
+        def encode_videos(*args, **kwargs):
+            self.active = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.active = False
+
+        base.get_video_features = self._wrapper = encode_videos
+        self._handles = self.adapter.install_vision_capture(lambda: self.active, lambda t: self.collected.append(t))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        base = self.adapter.base
+        if base.__dict__.get("get_video_features") is self._wrapper:
+            del base.get_video_features
+        self.collected.clear()
+
+    def take(self, spans: list[list[VideoSpan]]) -> list[list[torch.Tensor | None]] | None:
+        """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors."""
+        sizes = [span.grid.numel for found in spans for span in found]
+        scores = torch.cat(self.collected) if self.collected else None
+        self.collected.clear()
+        if scores is None or scores.numel() != sum(sizes):
+            logger.warning(
+                "tokpress: vision attention unavailable for this forward (%s values for %d tokens)",
+                None if scores is None else scores.numel(),
+                sum(sizes),
+            )
+            return None
+        parts = iter(torch.split(scores, sizes))
+        return [[next(parts) for _ in found] for found in spans]
