@@ -51,6 +51,7 @@ class Engine:
         self.stage_layers = [s.layer for s in config.inner]
         self.last: Stats | None = None
         self.sync_timing = False  # synchronise CUDA around hook timings (the benchmark turns it on)
+        self.record_plans = False  # keep every stage's Plan (with merged features) in ``last.plans``
         self.captures: dict[int, ProjectionCapture] = {}
         self.vision: VisionAttention | None = None
         self.runner = InnerRunner(self)
@@ -200,13 +201,15 @@ class Engine:
                 session.slots = chunk.slots
         if has_video and self.outer is not None:
             attention = self.vision.take(spans) if self.vision is not None else None
-            keep, replace, kept = outer_keep(self.outer, self.config.outer.ratio, emb, spans, layout, attention)
+            keep, replace, plans = outer_keep(self.outer, self.config.outer.ratio, emb, spans, layout, attention)
             index, filler = pack(keep)
             emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)
             layout = layout.select(index, filler)
             layout.src = torch.arange(index.shape[1], device=emb.device).expand_as(index)
-            chunk.stats.kept["outer"] = kept
+            chunk.stats.kept["outer"] = [[p.keep.tolist() for p in videos] for videos in plans]
+            if self.record_plans:
+                chunk.stats.plans["outer"] = plans
             if session is not None:
                 session.dropped |= index.shape[1] < q or bool(filler.any())
         segment = Segment.of(layout)

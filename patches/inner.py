@@ -104,11 +104,12 @@ class InnerRunner:
         scores = None
         if policy.needs_attention:
             scores = self.scores(stage, chunk, kwargs, past)[:, -layout.mask.shape[1] :]
-        keep, replace, kept = [], [], []
+        keep, replace, kept, plans = [], [], [], []
         for b in range(hidden.shape[0]):
             cand = layout.droppable[b].nonzero().squeeze(1)
             alive = ~layout.filler[b]
             kept_b: list[int] = []
+            plan = None
             if cand.numel():
                 n, k = cand.numel(), budget(ratio, cand.numel())
                 tokens = InnerTokens(
@@ -126,11 +127,14 @@ class InnerRunner:
                     replace.append((b, cand[plan.keep], plan.features))
                 kept_b = layout.ordinal[b, cand[plan.keep]].tolist()
             kept.append(kept_b)
+            plans.append(plan)
             keep.append(alive.nonzero().squeeze(1))
         index, filler = pack(keep)
         hidden = shrink(hidden, index, filler, replace)
         chunk.layout = layout.select(index, filler)
         chunk.stats.kept[f"inner{stage}"] = kept
+        if engine.record_plans:
+            chunk.stats.plans[f"inner{stage}"] = plans
         return hidden, index
 
     def _prune_earlier_kv(self, stage, layer, index, pre_len, segment, chunk, past) -> None:

@@ -32,7 +32,7 @@ def outer_keep(
     spans: list[list[VideoSpan]],
     layout: Layout,
     attention: list[list[torch.Tensor | None]] | None = None,
-) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]], list[list[list[int]]]]:
+) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]], list[list[Plan]]]:
     """Plan every video of the batch.
 
     Args:
@@ -44,13 +44,13 @@ def outer_keep(
         attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
 
     Returns:
-        per-sample kept positions ``[n_b]``; replacement features ``(sample, positions, [k, D])``; the kept grid
-        indices ``[sample][video]`` for the stats.
+        per-sample kept positions ``[n_b]``; replacement features ``(sample, positions, [k, D])``; the plans
+        ``[sample][video]``.
     """
-    keep, replace, kept = [], [], []
+    keep, replace, plans = [], [], []
     for b, found in enumerate(spans):
         alive = ~layout.filler[b]
-        kept_b = []
+        plans_b = []
         for j, span in enumerate(found):
             n = span.grid.numel
             k = budget(ratio, n)
@@ -61,7 +61,7 @@ def outer_keep(
             alive[span.start + plan.keep] = True
             if plan.features is not None:
                 replace.append((b, span.start + plan.keep, plan.features))
-            kept_b.append(plan.keep.tolist())
+            plans_b.append(plan)
         keep.append(alive.nonzero().squeeze(1))
-        kept.append(kept_b)
-    return keep, replace, kept
+        plans.append(plans_b)
+    return keep, replace, plans

@@ -152,8 +152,9 @@ def test_qwen25_vision_attention_follows_raster_order(get_model):
     scores = torch.empty(q.shape[0])
     for a, b in zip(cu[:-1], cu[1:]):
         scores[a:b] = torch.softmax((q[a:b].mean(0)[None] * k[a:b]).sum(-1) * attn.scaling, 0).mean(-1)
-    window_index, _ = get_vision_window_index(inputs["video_grid_thw"], spatial_merge_size=2,
-                                              window_size=visual.window_size, patch_size=14)
+    window_index, _ = get_vision_window_index(
+        inputs["video_grid_thw"], spatial_merge_size=2, window_size=visual.window_size, patch_size=14
+    )
     expect = scores.view(-1, 4).sum(-1)[torch.argsort(window_index)]
     assert not torch.equal(window_index, torch.arange(window_index.numel()))  # the test needs a real reordering
     torch.testing.assert_close(RECORDS[0][2], expect)
@@ -185,8 +186,7 @@ def test_three_stage_schedule_invariants(get_model, family):
     reference = model(**inputs).logits
     tokpress.apply(model, inner="t_three", retain_ratio=0.125)
     assert [s.layer for s in model.tokpress.config.inner] == [1, 2, 3]
-    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
-                         output_logits=True)
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True)
     last = model.tokpress.last
     extra = family == "llava_onevision"
     for entering, after in zip([last.after_outer, *last.after_inner[:-1]], last.after_inner):
@@ -194,9 +194,16 @@ def test_three_stage_schedule_invariants(get_model, family):
     lengths = [out.past_key_values.layers[i].keys.shape[2] for i in range(4)]
     assert lengths[0] > lengths[1] > lengths[2] > lengths[3]
     cfg = model.tokpress.config
-    tokpress.apply(model, inner="fixed", retain_ratio=1.0, inner_options={
-        "keep": [last.kept[f"inner{s}"] for s in range(3)],
-        "layers": tuple(s.layer for s in cfg.inner), "ratios": tuple(s.ratio for s in cfg.inner)})
+    tokpress.apply(
+        model,
+        inner="fixed",
+        retain_ratio=1.0,
+        inner_options={
+            "keep": [last.kept[f"inner{s}"] for s in range(3)],
+            "layers": tuple(s.layer for s in cfg.inner),
+            "ratios": tuple(s.ratio for s in cfg.inner),
+        },
+    )
     full = dict(inputs)
     new = out.sequences[:, inputs["input_ids"].shape[1] : -1]
     full["input_ids"] = out.sequences[:, :-1]
@@ -218,8 +225,7 @@ def test_earlier_kv_pruning_cuts_every_layer(get_model, family):
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
     lengths = {out.past_key_values.layers[i].keys.shape[2] for i in range(4)}
     assert len(lengths) == 1  # layers < K were cut to the kept set too
-    plain = tokpress.remove(model).generate(**inputs, max_new_tokens=3, do_sample=False,
-                                            return_dict_in_generate=True)
+    plain = tokpress.remove(model).generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
     assert lengths.pop() < plain.past_key_values.layers[0].keys.shape[2]
     tokpress.apply(model, inner="t_earlier", inner_layer=2, retain_ratio=0.25)
     with pytest.raises(InputError, match="DynamicCache"):
@@ -244,16 +250,24 @@ def test_earlier_kv_pruning_keeps_decoding_on_the_cut_cache(get_model):
 def test_decode_stage_hides_tokens_from_layers_after_k(family):
     model = tiny.tiny_model(family, attn="eager")
     inputs = tiny.make_inputs(family)
-    reference = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
-                               output_logits=True)
+    reference = model.generate(
+        **inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True
+    )
     tokpress.apply(model, inner="t_decode", inner_layer=2, retain_ratio=1.0)
-    same = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
-                          output_logits=True)
+    same = model.generate(
+        **inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True
+    )
     assert torch.equal(torch.stack(same.logits), torch.stack(reference.logits))
     tokpress.apply(model, inner="t_decode", inner_layer=2, retain_ratio=0.25)
     RECORDS.clear()
-    out = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
-                         output_attentions=True, output_logits=True)
+    out = model.generate(
+        **inputs,
+        max_new_tokens=3,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_attentions=True,
+        output_logits=True,
+    )
     assert torch.equal(out.logits[0], reference.logits[0])  # the prefill is untouched
     assert {r[0] for r in RECORDS} == {"decode"} and len(RECORDS) == 2  # called at each decode step only
     video = (inputs["input_ids"][0] == tiny.VIDEO_ID).nonzero().squeeze(1)

@@ -27,3 +27,15 @@ def test_outer_retention_matches_published(ratio, published):
 def test_fastv_k2_keeping_20_percent_matches_published():
     tokens = [VIDEO + 1] * 2 + [budget(0.2, VIDEO)] * (LAYERS - 2)
     assert fastv_flops(tokens, D, M) / 1e12 == pytest.approx(9.3, abs=0.05)
+
+
+@pytest.mark.parametrize("ratio,published", [(0.25, 7.1), (0.10, 2.8)])
+def test_holitom_preset_with_inner_merge_matches_published(ratio, published):
+    from tokpress.registry import get_policy, get_preset
+
+    preset = get_preset("holitom")
+    k = get_policy("inner", preset.inner).default_layer(LAYERS)
+    assert k == 18  # the paper's layer on the 28-layer Qwen2-7B
+    outer = budget(ratio, VIDEO)
+    tokens = [outer] * k + [budget(preset.inner_ratio, outer)] * (LAYERS - k)
+    assert fastv_flops(tokens, D, M) / 1e12 == pytest.approx(published, abs=0.05)

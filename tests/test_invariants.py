@@ -24,20 +24,36 @@ METHODS = {
     "random": dict(outer="random", seed=3),
     "frames": dict(outer="frames"),
     "evs": dict(outer="evs"),
+    "divprune": dict(outer="divprune"),
+    "visionzip": dict(outer="visionzip"),
+    "fastvid": dict(outer="fastvid"),
     "fastv": dict(inner="fastv", inner_layer=2),
+    "pdrop": dict(inner="pdrop", inner_layer=1),
+    "framefusion": dict(inner="framefusion"),
     "uniform+fastv": dict(outer="uniform", inner="fastv", inner_layer=1, inner_ratio=0.5),
+    "holitom": dict(method="holitom"),
+    "dycoke": dict(method="dycoke"),
+    "prunevid": dict(method="prunevid"),
 }
+# decode-time visibility (DyCoke) and earlier-KV cuts (PruneVid) change what tokens after the prompt see, by
+# design: a no-cache recompute cannot match them. Their outer stage is still checked; the rest is pinned against
+# eager attention weights and cache lengths in test_engine_features.py.
+CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid"}
 RATIO = 0.25
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4
+# the random tiny models may sample a placeholder id; a no-cache recompute would then read it as an image/video token
+GEN = dict(max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=[tiny.IMAGE_ID, tiny.VIDEO_ID])
 
 
 def _apply(model, method: str, ratio: float = RATIO):
     kwargs = dict(METHODS[method])
-    if ratio == 1.0 and "inner_ratio" in kwargs:
+    if ratio == 1.0 and ("inner" in kwargs or method in ("holitom", "dycoke", "prunevid")):
         kwargs["inner_ratio"] = 1.0
-    return tokpress.apply(model, retain_ratio=ratio, **kwargs)
+    tokpress.apply(model, retain_ratio=ratio, **kwargs)
+    model.tokpress.record_plans = True
+    return model
 
 
 def _video_grid_tokens(inputs, family: str) -> list[int]:
@@ -53,9 +69,9 @@ def test_ratio_one_is_bit_identical(get_model, family, attn, method):
     reference = model(**inputs).logits
     _apply(model, method, ratio=1.0)
     assert torch.equal(model(**inputs).logits, reference)
-    ref_gen = tokpress.remove(model).generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    ref_gen = tokpress.remove(model).generate(**inputs, **GEN)
     _apply(model, method, ratio=1.0)
-    assert torch.equal(model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False), ref_gen)
+    assert torch.equal(model.generate(**inputs, **GEN), ref_gen)
 
 
 def _hook_count(model) -> int:
@@ -87,7 +103,7 @@ def test_promised_lengths(get_model, family, attn, method):
     cfg = model.tokpress.config
     extra = 1 if family == "llava_onevision" else 0
     grid = _video_grid_tokens(inputs, family)
-    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True)
+    out = model.generate(**inputs, **GEN, return_dict_in_generate=True)
     last = model.tokpress.last
     expect_outer = [budget(cfg.outer.ratio, n) + extra if cfg.outer else n + extra for n in grid]
     assert last.video_tokens == [n + extra for n in grid]
@@ -95,35 +111,45 @@ def test_promised_lengths(get_model, family, attn, method):
     real = inputs["attention_mask"].sum(1).tolist()
     seq0 = [r - (n + extra - k) for r, n, k in zip(real, grid, expect_outer)]
     assert last.seq_tokens[0] == seq0
-    seq_per_segment = [seq0]
-    for stage, counts in zip(cfg.inner, last.after_inner):
-        expect = [budget(stage.ratio, k - extra) + extra for k in expect_outer]
+    seq_per_segment, entering = [seq0], expect_outer
+    for s, (stage, counts) in enumerate(zip(cfg.inner, last.after_inner)):
+        if model.tokpress.inner[s].decode:  # decode-time stages drop nothing at prefill
+            expect = entering
+        else:
+            expect = [budget(stage.ratio, k - extra) + extra for k in entering]
         assert counts == expect
-        seq_per_segment.append([s - (k - e) for s, k, e in zip(seq0, expect_outer, expect)])
+        seq_per_segment.append([q - (k - e) for q, k, e in zip(seq_per_segment[-1], entering, expect)])
+        entering = expect
     # the cache of every layer holds (the longest sample's compressed prompt, left-filled) + the new tokens - 1
     width = inputs["input_ids"].shape[1]
     for layer in range(model.tokpress.adapter.num_layers):
         segment = sum(1 for s in cfg.inner if s.layer <= layer)
+        if cfg.inner and model.tokpress.inner[0].prune_earlier_kv:
+            segment = max(segment, 1)
         pad = [width - r for r in real]
         expect_len = max(p + s for p, s in zip(pad, seq_per_segment[segment])) + NEW_TOKENS - 1
         assert out.past_key_values.layers[layer].keys.shape[2] == expect_len, f"layer {layer}"
     assert last.tokens_per_layer[0][-1] == seq_per_segment[-1][0]
 
 
-def _replay(model, method: str, last) -> None:
-    """Re-apply the same stages with the ``fixed`` policy and the selection the last prompt made."""
+def _replay(model, last) -> None:
+    """Re-apply the same stages with the ``fixed`` policy and the plans (merged features too) of the last prompt."""
     cfg = model.tokpress.config
     kwargs = {}
     if cfg.outer:
-        kwargs.update(outer="fixed", outer_ratio=cfg.outer.ratio, outer_options={"keep": last.kept["outer"]})
+        features = [[p.features for p in videos] for videos in last.plans["outer"]]
+        outer_options = {"keep": last.kept["outer"], "features": features}
+        kwargs.update(outer="fixed", outer_ratio=cfg.outer.ratio, outer_options=outer_options)
     if cfg.inner:
-        stage = cfg.inner[0]
-        kwargs.update(
-            inner="fixed",
-            inner_layer=stage.layer,
-            inner_ratio=stage.ratio,
-            inner_options={"keep": last.kept["inner0"]},
-        )
+        stages = range(len(cfg.inner))
+        features = [[None if p is None else p.features for p in last.plans[f"inner{s}"]] for s in stages]
+        inner_options = {
+            "keep": [last.kept[f"inner{s}"] for s in stages],
+            "features": features,
+            "layers": tuple(s.layer for s in cfg.inner),
+            "ratios": tuple(s.ratio for s in cfg.inner),
+        }
+        kwargs.update(inner="fixed", retain_ratio=1.0, inner_options=inner_options)
     tokpress.apply(model, **kwargs)
 
 
@@ -132,11 +158,15 @@ def test_cached_generate_matches_uncached_recompute(get_model, family, attn, met
     model = get_model(family, attn)
     inputs = batch_inputs(family)
     _apply(model, method)
-    out = model.generate(
-        **inputs, max_new_tokens=NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True
-    )
+    out = model.generate(**inputs, **GEN, return_dict_in_generate=True, output_logits=True)
     step_logits = torch.stack(out.logits, 1)  # [B, new, V]
-    _replay(model, method, model.tokpress.last)
+    if method in CACHE_CHANGES_SEMANTICS:
+        _apply(model, method)
+        tokpress.apply(model, outer=model.tokpress.config.outer.policy, retain_ratio=RATIO)
+        model.tokpress.record_plans = True
+        out = model.generate(**inputs, **GEN, return_dict_in_generate=True, output_logits=True)
+        step_logits = torch.stack(out.logits, 1)
+    _replay(model, model.tokpress.last)
     full = dict(inputs)
     new = out.sequences[:, inputs["input_ids"].shape[1] : -1]
     full["input_ids"] = out.sequences[:, :-1]
@@ -154,12 +184,12 @@ def test_padded_batch_equals_each_sample_alone(get_model, family, attn, method):
     _apply(model, method)
     batch_logits = model(**inputs).logits[:, -1]
     batch_stats = model.tokpress.last
-    batch_gen = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    batch_gen = model.generate(**inputs, **GEN)
     width = inputs["input_ids"].shape[1]
     for b in range(2):
         alone = sample_inputs(inputs, family, b)
         torch.testing.assert_close(model(**alone).logits[0, -1], batch_logits[b], rtol=0, atol=1e-5)
         assert model.tokpress.last.after_outer == [batch_stats.after_outer[b]]
         assert [c[0] for c in model.tokpress.last.after_inner] == [c[b] for c in batch_stats.after_inner]
-        gen = model.generate(**alone, max_new_tokens=NEW_TOKENS, do_sample=False)
+        gen = model.generate(**alone, **GEN)
         assert torch.equal(gen[0, -NEW_TOKENS:], batch_gen[b, width:])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tokpress.errors import InputError
-from tokpress.policies.base import Grid, InnerTokens, Plan, VideoTokens
+from tokpress.policies.base import Grid, InnerTokens, Plan, VideoSlot, VideoTokens
 from tokpress.policies.fixed import FixedInnerPolicy, FixedOuterPolicy
 from tokpress.policies.inner.fastv import FastVPolicy
 from tokpress.policies.outer.evs import EVSPolicy
@@ -21,8 +21,10 @@ def make(cls, **options):
 
 
 def random_video(grid: Grid, dim: int = 16, seed: int = 0, dtype=torch.float32) -> VideoTokens:
+    """Random features and a random per-frame vision attention (sums to 1 in each frame)."""
     gen = torch.Generator().manual_seed(seed)
-    return VideoTokens(torch.randn(grid.numel, dim, generator=gen).to(dtype), grid)
+    attention = torch.rand(grid.frames, grid.per_frame, generator=gen).softmax(-1).flatten()
+    return VideoTokens(torch.randn(grid.numel, dim, generator=gen).to(dtype), grid, attention=attention)
 
 
 def assert_valid_keep(keep: torch.Tensor, budget: int, n: int) -> None:
@@ -401,8 +403,9 @@ def test_every_inner_policy_keeps_exact_budget(name, dtype):
         gen = torch.Generator().manual_seed(budget)
         tokens = InnerTokens(
             hidden=torch.randn(n, dim, generator=gen).to(dtype),
-            ordinals=torch.arange(n) * 2,
+            ordinals=torch.arange(n),
             attention=torch.rand(n, generator=gen).softmax(0),
-            layer=2,
+            layer=cls.default_layer(28),
+            videos=(VideoSlot(0, Grid(5, 2, 3)),),  # 30 tokens: 5 frames of 2 x 3
         )
         check_plan_shape(policy.plan(tokens, budget), budget, n, dim)

@@ -22,6 +22,8 @@ class Stats:
             each inner stage.
         kept: the selection of each stage, replayable with the ``fixed`` policy: ``kept["outer"][sample][video]``
             are grid indices, ``kept["inner0"][sample]`` ordinals among the sample's video tokens.
+        plans: with ``model.tokpress.record_plans = True``, every stage's :class:`~tokpress.policies.base.Plan`
+            (``plans["outer"][sample][video]``, ``plans["inner0"][sample]``), merged features included.
         compression_s: wall time spent in tokpress's hooks (selection and gathers).
     """
 
@@ -32,6 +34,7 @@ class Stats:
     after_inner: list[list[int]] = field(default_factory=list)
     seq_tokens: list[list[int]] = field(default_factory=list)
     kept: dict[str, list] = field(default_factory=dict)
+    plans: dict[str, list] = field(default_factory=dict)
     compression_s: float = 0.0
 
     def _per_layer(self, per_segment: list[list[int]]) -> list[list[int]]:

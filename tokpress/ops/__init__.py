@@ -2,10 +2,11 @@
 
 from tokpress.ops.cluster import dpc_knn, knn_density
 from tokpress.ops.merge import group_mean, group_size
-from tokpress.ops.select import evenly_spaced, topk_sorted
+from tokpress.ops.select import apportion, evenly_spaced, topk_sorted
 from tokpress.ops.similarity import cosine_adjacent, cosine_matrix
 
 __all__ = [
+    "apportion",
     "cosine_adjacent",
     "cosine_matrix",
     "dpc_knn",

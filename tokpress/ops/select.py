@@ -26,3 +26,21 @@ def evenly_spaced(n: int, k: int, device: torch.device | str | None = None) -> t
     # centre of each of k equal bins; floor((2i + 1) n / 2k) is strictly increasing for k <= n
     i = torch.arange(k, device=device)
     return torch.div((2 * i + 1) * n, 2 * k, rounding_mode="floor")
+
+
+def apportion(total: int, weights: torch.Tensor) -> torch.Tensor:
+    """Split ``total`` over groups in proportion to the integer ``weights`` ``[G]`` (largest remainder).
+
+    Each share is ``floor`` or ``ceil`` of ``total * w / sum(w)``, the shares sum to ``total`` and, when
+    ``total <= sum(weights)``, no share exceeds its weight. Remainder ties go to the lower group index.
+    """
+    w = weights.long()
+    whole = int(w.sum())
+    if whole == 0:
+        return torch.zeros_like(w)
+    share = total * w
+    base = torch.div(share, whole, rounding_mode="floor")
+    left = total - int(base.sum())
+    order = torch.sort(share - base * whole, descending=True, stable=True).indices[:left]
+    base[order] += 1
+    return base

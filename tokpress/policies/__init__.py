@@ -1,5 +1,20 @@
-"""Built-in policies. Importing this package registers them all."""
+"""Built-in policies. Importing this package registers them all, and the presets that pair them."""
 
+from tokpress import presets  # noqa: F401, E402  (registers after the policies it names)
 from tokpress.policies import fixed  # noqa: F401
-from tokpress.policies.inner import fastv  # noqa: F401
-from tokpress.policies.outer import evs, frames, random, uniform  # noqa: F401
+from tokpress.policies.inner import dycoke as _dycoke_kv  # noqa: F401
+from tokpress.policies.inner import fastv, framefusion, pdrop  # noqa: F401
+from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
+from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
+from tokpress.policies.outer import (  # noqa: F401
+    divprune,
+    dycoke,
+    evs,
+    fastvid,
+    frames,
+    holitom,
+    prunevid,
+    random,
+    uniform,
+    visionzip,
+)

@@ -25,6 +25,9 @@ from tokpress.registry import register_policy
 class FixedConfig(PolicyConfig):
     keep: Any = ()
     """Per-sample (outer: per-sample, per-video; inner multi-stage: per-stage, per-sample) index sequences."""
+    features: Any = ()
+    """Optional replacement features, nested like ``keep`` (a ``[k, D]`` tensor or ``None`` per entry): replays a
+    merging policy exactly (``model.tokpress.last.plans`` with ``model.tokpress.record_plans = True``)."""
     layers: tuple[int, ...] = ()
     """Inner only: the decoder layer of each stage to replay (default: one stage at ``inner_layer``)."""
     ratios: tuple[float, ...] = ()
@@ -61,7 +64,8 @@ class FixedOuterPolicy(OuterPolicy):
             value = self.config.keep[video.sample][video.video]
         except (IndexError, KeyError):
             raise InputError(f"fixed keep has no entry for {where}") from None
-        return Plan(_as_index(value, video.grid.numel, budget, where, video.features.device))
+        features = self.config.features[video.sample][video.video] if self.config.features else None
+        return Plan(_as_index(value, video.grid.numel, budget, where, video.features.device), features)
 
 
 @register_policy("fixed", stage="inner")
@@ -74,9 +78,10 @@ class FixedInnerPolicy(InnerPolicy):
 
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
         where = f"sample {tokens.sample}"
-        keep = self.config.keep
+        keep, features = self.config.keep, self.config.features
         if self.config.layers:
-            keep = keep[list(self.config.layers).index(tokens.layer)]
+            stage = list(self.config.layers).index(tokens.layer)
+            keep, features = keep[stage], features[stage] if features else ()
         try:
             wanted = torch.as_tensor(keep[tokens.sample], dtype=torch.long, device=tokens.ordinals.device)
         except (IndexError, KeyError):
@@ -84,4 +89,5 @@ class FixedInnerPolicy(InnerPolicy):
         hit = torch.isin(tokens.ordinals, wanted).nonzero().squeeze(1)
         if hit.numel() != wanted.numel():
             raise InputError(f"fixed keep for {where} names ordinals that are not among the tokens entering the layer")
-        return Plan(_as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device))
+        replace = features[tokens.sample] if features else None
+        return Plan(_as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device), replace)

@@ -1,0 +1,265 @@
+"""``fastvid`` — FastVID (Shen et al., NeurIPS 2025, "FastVID: Dynamic Density Pruning for Fast Video Large
+Language Models"), the LLaVA-OneVision "parallel" form of the method.
+
+Algorithm:
+
+1. **DySeg** — each frame's global feature ``g_t`` is the mean of its tokens; with ``s_t = cos(g_t, g_{t+1})`` the
+   video is cut after transition ``t`` when ``s_t`` is one of the ``c - 1`` lowest similarities *or* ``s_t < tau``
+   (:func:`dyseg`). Segments are the runs of frames between cuts.
+2. **STPrune** — every frame gets a share ``keep`` of the budget, split into ``salient = keep - int(keep * d)`` and
+   ``context = int(keep * d)`` tokens.
+   * *Salient* tokens: a frame's ``salient`` tokens that receive the most vision-encoder attention
+     (:attr:`VideoTokens.attention`), kept unchanged.
+   * *Context* tokens: a segment's context budget goes to its **anchor frames** only — the segment's last frame and
+     every ``p``-th frame counting back from it (:func:`anchor_frames`). An anchor frame's anchors are the
+     density peaks among its non-salient tokens (DPC-kNN score ``density * delta``, ``k = 4``).
+   * **DTM** (density-weighted temporal merge) — every non-salient token of *every* frame of the segment joins the
+     most cosine-similar anchor of each anchor frame (with two anchor frames a token joins one anchor of each); an
+     anchor that ``n`` tokens joined (itself included) becomes ``w x_anchor + (1 - w) mean(joined)`` with
+     ``w = max(1 / (n + 1), beta)`` (:func:`dtm_merge`). The merged token sits at its **anchor's** position.
+3. Survivors keep their original positions (FastVID does the same, in every port).
+
+Budget mapping. The reference keeps ``int(P * r)`` tokens per frame for ``retain_ratio = r``; tokpress keeps exactly
+``budget`` (``round(r * N)``), reconciled as follows (:func:`stprune_counts`):
+
+* frame shares: each frame gets ``floor`` or ``ceil`` of ``budget / T`` (the extra tokens on evenly spread frames);
+* per frame ``salient = keep - int(keep * d)`` and ``context = keep - salient`` (the reference's split);
+* a segment's context budget ``C`` (the sum over its frames) is split over its ``A = ceil(S / p)`` anchor frames:
+  ``C // A`` each, the remainder ``C % A`` one token each to the anchor frames nearest the segment's end;
+* an anchor frame has only ``P - salient`` candidate anchors: what it cannot hold goes first to the segment's
+  other anchor frames with room, then to its non-anchor frames as extra salient tokens (both filled from the
+  segment's end backwards). The segment's frames always have room for it, so the total is exactly ``budget``.
+
+``Plan.sizes`` are floats: a salient token stands for 1 token; an anchor that ``n`` tokens joined stands for
+``n / A'`` tokens (``A'`` = the segment's anchor frames that hold anchors, since each token joins one anchor in each
+of them). They sum to ``N`` unless a segment's context budget is zero (then its non-salient tokens are dropped).
+
+Deviations from the reference code, and why:
+
+* Vision attention: for LLaVA the reference reads the SigLIP attention-pooling (MAP) head's probe attention, but HF
+  LLaVA-OneVision checkpoints ship the vision tower without that head (``vision_use_head=False``). tokpress uses the
+  engine's mean-query proxy of the last vision block for every family — FastVID's own choice for Qwen2.5-VL.
+* Frame global feature: the mean of the frame's projected tokens for every family (the Qwen2.5-VL port's choice);
+  the LLaVA ports use the MAP head's pooled output, unavailable for the same reason.
+* Exact budget (above). The reference keeps ``T * int(P * r)`` tokens less the anchor remainders ``C % A`` it drops
+  (at most 608 of LLaVA-OneVision's 6272 at ``r = 0.1``, where ``round(r N) = 627``), and it fails when an anchor
+  frame's share exceeds its non-salient tokens (from ``r`` ~0.45 on with ``p = 4``).
+* DTM is applied uniformly: every segment's anchor frames absorb all non-salient tokens of the segment. The
+  reference picks its single-frame path by testing ``anchor share == per-frame context``, which also catches
+  multi-frame segments (always with ``p = 1``, and e.g. ``S = 3, p = 2`` with one context token per frame); there
+  each anchor frame merges only its own tokens and the non-anchor frames' tokens are dropped.
+* DySeg asks for ``min(c - 1, T - 1)`` lowest similarities (the reference's ``topk`` fails on short videos); ties go to
+  the earlier transition. Salient and anchor ties go to the lower index (stable sorts).
+* DPC-kNN is tokpress's :func:`~tokpress.ops.dpc_knn` (shared with HoliTom and PruneVid): density over the ``k``
+  nearest *other* tokens, ties broken by index instead of the reference's ``1e-6`` random noise. The reference's
+  ``topk(k=4)`` counts the token itself among the four (3 others, averaged over 4). The densest token's ``delta`` is
+  its largest distance rather than the frame's largest: the ranking is the same.
+* An anchor always joins its own group (the reference relies on ``cos(x, x)`` being the unique maximum).
+* ``budget == N`` returns every token unmerged (the identity plan), so ``retain_ratio = 1`` is exact; the rule above
+  would otherwise still merge the anchors of a segment's anchor frames into each other.
+* Not ported from the Qwen2.5-VL variant: the ``DySeg_ignore = 0.95`` sub-segments and the ``N / 2`` cap on an anchor
+  frame's context (its recommended ``tau = 0.84`` can be passed as an option).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from tokpress.errors import InputError
+from tokpress.ops import cosine_adjacent, cosine_matrix, dpc_knn, group_mean, group_size
+from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
+from tokpress.registry import register_policy
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass(frozen=True)
+class FastVIDConfig(PolicyConfig):
+    """Options of :class:`FastVIDPolicy` (the paper's defaults)."""
+
+    #: DySeg: at least ``c`` segments — cut at the ``c - 1`` lowest adjacent-frame similarities
+    c: int = 8
+    #: DySeg: also cut wherever the adjacent-frame similarity of the global features is below ``tau``
+    tau: float = 0.9
+    #: STPrune: share of each frame's tokens that are context (merged anchors); ``salient = keep - int(keep * d)``
+    d: float = 0.4
+    #: DTM: anchor frames are a segment's last frame and every ``p``-th frame counting back from it
+    p: int = 4
+    #: DTM: lower bound of an anchor's own weight, ``w = max(1 / (n + 1), beta)``
+    beta: float = 0.6
+    #: DPC-kNN: the density of a token averages its squared distances to its ``k`` nearest other tokens
+    k: int = 4
+
+    def validate(self) -> None:
+        self.check(_is_int(self.c) and self.c >= 1, f"c must be an int >= 1 (minimum segments), got {self.c!r}")
+        self.check(
+            _is_num(self.tau) and -1 <= self.tau <= 1, f"tau must be a cosine threshold in [-1, 1], got {self.tau!r}"
+        )
+        self.check(_is_num(self.d) and 0 <= self.d <= 1, f"d must be a number in [0, 1], got {self.d!r}")
+        self.check(_is_int(self.p) and self.p >= 1, f"p must be an int >= 1 (anchor-frame spacing), got {self.p!r}")
+        self.check(_is_num(self.beta) and 0 <= self.beta <= 1, f"beta must be a number in [0, 1], got {self.beta!r}")
+        self.check(_is_int(self.k) and self.k >= 1, f"k must be an int >= 1 (DPC-kNN neighbours), got {self.k!r}")
+
+
+def dyseg(global_features: torch.Tensor, c: int, tau: float) -> torch.Tensor:
+    """DySeg: ``[n_seg]`` lengths (``torch.long``, summing to ``T``) of the segments of ``T`` frames.
+
+    Args:
+        global_features: ``[T, D]`` one global feature per frame.
+        c: cut at the ``c - 1`` lowest adjacent-frame similarities (all transitions when ``c - 1 >= T - 1``).
+        tau: also cut at every similarity below ``tau``.
+
+    The cut after transition ``t`` (between frames ``t`` and ``t + 1``) ends a segment at frame ``t``.
+    """
+    t = global_features.shape[0]
+    device = global_features.device
+    sim = cosine_adjacent(global_features[:, None, :]).squeeze(1)  # [T - 1]: cos(g_t, g_{t+1})
+    cut = sim < tau
+    lowest = torch.sort(sim, stable=True).indices[: max(0, min(c - 1, t - 1))]  # ties: the earlier transition
+    cut[lowest] = True
+    ends = torch.cat([cut.nonzero().squeeze(1), torch.tensor([t - 1], device=device)])
+    return torch.diff(ends, prepend=torch.tensor([-1], device=device))
+
+
+def anchor_frames(lengths: torch.Tensor, p: int) -> torch.Tensor:
+    """``[T]`` bool: frame ``i`` of a segment of length ``S`` is an anchor frame iff ``(S - 1 - i) % p == 0`` — the
+    segment's last frame and every ``p``-th frame counting back from it."""
+    return _frames_from_end(lengths) % p == 0
+
+
+def _frames_from_end(lengths: torch.Tensor) -> torch.Tensor:
+    """``[T]``: how many frames after each frame its segment ends (0 for a segment's last frame)."""
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    last = (lengths.cumsum(0) - 1)[seg]
+    return last - torch.arange(seg.numel(), device=lengths.device)
+
+
+def _fill_from_end(amount: torch.Tensor, room: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Pour each segment's ``amount`` into its frames' ``room`` ``[T]``, last frame first; ``[T]`` poured."""
+    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
+    total = room.cumsum(0)
+    later = total[lengths.cumsum(0) - 1][seg] - total  # room in the segment's later frames
+    return torch.minimum((amount[seg] - later).clamp_min(0), room)
+
+
+def stprune_counts(
+    lengths: torch.Tensor, per_frame: int, budget: int, d: float, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Salient and anchor counts per frame (``[T]`` each, ``torch.long``) summing to exactly ``budget``.
+
+    See the module docstring for the rule; anchors are non-zero only on :func:`anchor_frames`, and
+    ``salient + anchors <= per_frame`` in every frame.
+    """
+    device = lengths.device
+    t = int(lengths.sum())
+    n_seg = lengths.numel()
+    seg = torch.repeat_interleave(torch.arange(n_seg, device=device), lengths)
+    bounds = torch.div(torch.arange(t + 1, device=device) * budget, t, rounding_mode="floor")
+    keep = bounds[1:] - bounds[:-1]  # [T], floor or ceil of budget / T
+    context = torch.floor(keep.double() * d).long()  # the reference's int(keep * d)
+    salient = keep - context
+    back = _frames_from_end(lengths)
+    is_anchor = back % p == 0
+    seg_context = torch.zeros(n_seg, dtype=torch.long, device=device).index_add_(0, seg, context)
+    n_anchor = torch.div(lengths + p - 1, p, rounding_mode="floor")[seg]
+    share = torch.div(seg_context[seg], n_anchor, rounding_mode="floor")
+    extra = (torch.div(back, p, rounding_mode="floor") < seg_context[seg] % n_anchor).long()
+    want = torch.where(is_anchor, share + extra, 0)
+    room = per_frame - salient  # non-salient tokens of each frame
+    anchors = torch.minimum(want, room)
+
+    def overflow(placed):
+        return seg_context - torch.zeros_like(seg_context).index_add_(0, seg, placed)
+
+    anchors = anchors + _fill_from_end(overflow(anchors), torch.where(is_anchor, room - anchors, 0), lengths)
+    salient = salient + _fill_from_end(overflow(anchors), torch.where(is_anchor, 0, room), lengths)
+    return salient, anchors
+
+
+def dtm_merge(pool: torch.Tensor, anchors: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-weighted temporal merge of ``pool`` ``[Q, D]`` into the pool rows ``anchors`` ``[m]``.
+
+    Every row joins the anchor it is most cosine-similar to (an anchor joins itself; ties go to the earlier
+    anchor); an anchor joined by ``n`` rows becomes ``w x_anchor + (1 - w) mean(joined)``, ``w = max(1/(n+1), beta)``.
+
+    Returns:
+        merged features ``[m, D]`` float32 and the counts ``n`` ``[m]`` float32.
+    """
+    m = anchors.numel()
+    x = pool.float()
+    assign = cosine_matrix(x, x[anchors]).argmax(-1)
+    assign[anchors] = torch.arange(m, device=x.device)
+    n = group_size(assign, m)
+    w = (1 / (n + 1)).clamp_min(beta)[:, None]
+    return w * x[anchors] + (1 - w) * group_mean(x, assign, m), n
+
+
+@register_policy("fastvid", stage="outer")
+class FastVIDPolicy(OuterPolicy):
+    config_cls = FastVIDConfig
+    needs_vision_attention = True
+
+    def plan(self, video: VideoTokens, budget: int) -> Plan:
+        cfg = self.config
+        g = video.grid
+        t, p, n = g.frames, g.per_frame, g.numel
+        att = video.attention
+        if att is None:
+            raise InputError(
+                "fastvid needs the vision encoder's attention (VideoTokens.attention), but none was given; "
+                "use a model family whose adapter captures vision attention, or another outer policy (e.g. 'uniform')"
+            )
+        if att.shape != (n,):
+            raise InputError(f"fastvid: attention must have shape ({n},), got {tuple(att.shape)}")
+        x = video.features
+        device = x.device
+        if budget >= n:
+            return Plan(torch.arange(n, device=device))
+        frames = x.reshape(t, p, -1)
+        lengths = dyseg(frames.float().mean(1), cfg.c, cfg.tau)
+        salient, anchors = stprune_counts(lengths, p, budget, cfg.d, cfg.p)
+
+        # salient tokens: the top-`salient[t]` of each frame by attention (stable: ties to the lower index)
+        order = torch.sort(att.reshape(t, p).float(), dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(p, device=device).expand(t, p))
+        is_salient = rank < salient[:, None]
+        keep = [is_salient.flatten().nonzero().squeeze(1)]
+        feats = [x[keep[0]].float()]
+        sizes = [torch.ones(keep[0].numel(), device=device)]
+
+        # DTM. Python loops over the segments and their anchor frames (about T / p + segments iterations, never over
+        # tokens): segments are ragged (lengths, anchor frames, anchors per frame) and each anchor frame absorbs the
+        # whole segment on its own, so every iteration is one vectorised DPC-kNN + merge over a segment's tokens.
+        # Batching all segments at once would need a tokens x anchors matrix across segments, quadratic in T.
+        anchors_l, lengths_l = anchors.tolist(), lengths.tolist()
+        n_free = (p - salient).tolist()  # non-salient tokens per frame
+        first_free = [0, *itertools.accumulate(n_free)]  # where each frame's non-salient tokens start
+        start = 0
+        for length in lengths_l:
+            stop = start + length
+            absorbing = [f for f in range(start, stop) if anchors_l[f] > 0]  # at most ceil(length / p) frames
+            if absorbing:
+                pool = (~is_salient[start:stop]).flatten().nonzero().squeeze(1) + start * p  # grid indices
+                x_pool = x[pool].float()
+                for f in absorbing:
+                    offset = first_free[f] - first_free[start]  # the frame's first row in `pool`
+                    local = x_pool[offset : offset + n_free[f]]  # the anchor frame's non-salient tokens
+                    centers = dpc_knn(local, anchors_l[f], k=cfg.k)[0] + offset
+                    merged, joined = dtm_merge(x_pool, centers, cfg.beta)
+                    keep.append(pool[centers])
+                    feats.append(merged)
+                    sizes.append(joined / len(absorbing))
+            start = stop
+
+        keep = torch.cat(keep)
+        order = keep.argsort()
+        return Plan(keep[order], torch.cat(feats)[order].to(x.dtype), torch.cat(sizes)[order])

@@ -1,0 +1,39 @@
+"""Methods that pair an outer and an inner policy, with the papers' default inner settings.
+
+Every policy is also a method of its own name (outer-only or inner-only); the presets here replace that default
+where the paper runs both stages. ``retain_ratio`` then sets the outer stage (the fraction of video tokens
+entering the LLM, the number the papers label their rows with); the inner ratio is the paper's.
+"""
+
+from tokpress.registry import Preset, register_preset
+
+register_preset(
+    Preset(
+        "holitom",
+        outer="holitom",
+        inner="holitom",
+        inner_ratio=0.5,
+        description="HoliTom (NeurIPS 2025): DP temporal segmentation + DPC-kNN merging outside; at layer k "
+        "(18 of 28) keep half by attention and merge the rest into their most similar kept token",
+    )
+)
+register_preset(
+    Preset(
+        "dycoke",
+        outer="dycoke",
+        inner="dycoke",
+        inner_ratio=0.3,
+        description="DyCoke (CVPR 2025): temporal token merging in 4-frame windows; during decoding layers >= L "
+        "attend to the 30 % of visual tokens the new token attends to most (P = 0.7)",
+    )
+)
+register_preset(
+    Preset(
+        "prunevid",
+        outer="prunevid",
+        inner="prunevid",
+        inner_ratio=0.4,
+        description="PruneVid (ACL 2025): static/dynamic merging outside; question-guided pruning inside "
+        "(alpha = 0.4) that also cuts the KV cache of the earlier layers",
+    )
+)
