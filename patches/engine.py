@@ -205,7 +205,7 @@ class Engine:
             index, filler = pack(keep)
             emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)
-            layout = layout.select(index, filler)
+            layout = layout.with_sizes(replace).select(index, filler)
             layout.src = torch.arange(index.shape[1], device=emb.device).expand_as(index)
             chunk.stats.kept["outer"] = [[p.keep.tolist() for p in videos] for videos in plans]
             if self.record_plans:
@@ -261,4 +261,5 @@ class Engine:
         chunk.slots = slots
         src = torch.arange(q, device=device).expand(batch, q)
         filler = torch.zeros(batch, q, dtype=torch.bool, device=device)
-        return Layout(src=src, ordinal=ordinal, protected=protected, filler=filler, mask=mask), spans
+        size = torch.ones(batch, q, device=device)
+        return Layout(src=src, ordinal=ordinal, protected=protected, filler=filler, mask=mask, size=size), spans

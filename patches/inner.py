@@ -119,19 +119,20 @@ class InnerRunner:
                     layer,
                     b,
                     videos=chunk.slots[b] if chunk.slots else (),
+                    sizes=layout.size[b, cand],
                 )
                 plan = check_plan(policy.plan(tokens, k), k, n, f"inner policy {policy.name!r} at layer {layer}")
                 alive[cand] = False
                 alive[cand[plan.keep]] = True
-                if plan.features is not None:
-                    replace.append((b, cand[plan.keep], plan.features))
+                if plan.features is not None or plan.sizes is not None:
+                    replace.append((b, cand[plan.keep], plan.features, plan.sizes))
                 kept_b = layout.ordinal[b, cand[plan.keep]].tolist()
             kept.append(kept_b)
             plans.append(plan)
             keep.append(alive.nonzero().squeeze(1))
         index, filler = pack(keep)
         hidden = shrink(hidden, index, filler, replace)
-        chunk.layout = layout.select(index, filler)
+        chunk.layout = layout.with_sizes(replace).select(index, filler)
         chunk.stats.kept[f"inner{stage}"] = kept
         if engine.record_plans:
             chunk.stats.plans[f"inner{stage}"] = plans

@@ -53,12 +53,13 @@ def shrink(
     """Gather the rows ``index`` of ``x`` ``[B, L, D]`` after writing merged features, and zero the fillers.
 
     Args:
-        replace: ``(sample, positions [k], features [k, D])`` written into ``x`` before the gather.
+        replace: ``(sample, positions [k], features [k, D] or None, sizes)`` written into ``x`` before the gather.
     """
-    if replace:
+    if any(r[2] is not None for r in replace):
         x = x.clone()
-        for b, at, feats in replace:
-            x[b, at] = feats.to(x.dtype)
+        for b, at, feats, _ in replace:
+            if feats is not None:
+                x[b, at] = feats.to(x.dtype)
     return gather_seq(x, index).masked_fill(filler[..., None], 0)
 
 
@@ -72,6 +73,7 @@ class Layout:
         protected: video tokens no stage may drop (e.g. LLaVA-OneVision's newline).
         filler: positions added to square up ragged samples.
         mask: padding mask (1 = real token; 0 for padding and fillers).
+        size: how many original tokens each position stands for (merging policies), float32.
     """
 
     src: torch.Tensor
@@ -79,6 +81,7 @@ class Layout:
     protected: torch.Tensor
     filler: torch.Tensor
     mask: torch.Tensor
+    size: torch.Tensor
 
     @property
     def droppable(self) -> torch.Tensor:
@@ -100,4 +103,15 @@ class Layout:
             protected=g(self.protected) & ~filler,
             filler=g(self.filler) | filler,
             mask=g(self.mask).masked_fill(filler, 0),
+            size=g(self.size).masked_fill(filler, 0),
         )
+
+    def with_sizes(self, replace: list) -> Layout:
+        """This layout with the sizes of merged tokens written in (``replace`` as for :func:`shrink`)."""
+        if not any(r[3] is not None for r in replace):
+            return self
+        size = self.size.clone()
+        for b, at, _, sizes in replace:
+            if sizes is not None:
+                size[b, at] = sizes.to(size.device, torch.float32)
+        return Layout(self.src, self.ordinal, self.protected, self.filler, self.mask, size)

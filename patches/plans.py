@@ -32,7 +32,7 @@ def outer_keep(
     spans: list[list[VideoSpan]],
     layout: Layout,
     attention: list[list[torch.Tensor | None]] | None = None,
-) -> tuple[list[torch.Tensor], list[tuple[int, torch.Tensor, torch.Tensor]], list[list[Plan]]]:
+) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]]]:
     """Plan every video of the batch.
 
     Args:
@@ -44,7 +44,7 @@ def outer_keep(
         attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
 
     Returns:
-        per-sample kept positions ``[n_b]``; replacement features ``(sample, positions, [k, D])``; the plans
+        per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
         ``[sample][video]``.
     """
     keep, replace, plans = [], [], []
@@ -59,8 +59,8 @@ def outer_keep(
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             alive[span.start : span.start + n] = False
             alive[span.start + plan.keep] = True
-            if plan.features is not None:
-                replace.append((b, span.start + plan.keep, plan.features))
+            if plan.features is not None or plan.sizes is not None:
+                replace.append((b, span.start + plan.keep, plan.features, plan.sizes))
             plans_b.append(plan)
         keep.append(alive.nonzero().squeeze(1))
         plans.append(plans_b)

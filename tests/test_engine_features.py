@@ -280,3 +280,41 @@ def test_decode_stage_hides_tokens_from_layers_after_k(family):
             visible = (attentions[layer][0, :, -1, grid] > 0).all(0)
             assert int(visible.sum()) == tokpress.config.budget(0.25, grid.numel())
             assert not (attentions[layer][0, :, -1, grid][:, ~visible] != 0).any()
+
+
+# ---- token sizes flow from merging stages to later ones --------------------------------------------------------
+class SizedOuter(OuterPolicy):
+    def plan(self, video: VideoTokens, budget: int) -> Plan:
+        keep = torch.arange(budget)
+        sizes = torch.full((budget,), video.grid.numel / budget)  # as if each kept token absorbed the rest
+        return Plan(keep, video.features[keep] * 2, sizes)
+
+
+class SizeRecorder(InnerPolicy):
+    def plan(self, tokens: InnerTokens, budget: int) -> Plan:
+        RECORDS.append(("sizes", tokens.sample, tokens.sizes.clone(), tokens.hidden.clone()))
+        return Plan(torch.arange(budget))
+
+
+def test_merged_sizes_and_features_reach_the_inner_stage(get_model):
+    for key, cls in ((("outer", "t_sized"), SizedOuter), (("inner", "t_sizes"), SizeRecorder)):
+        if key not in _POLICIES:
+            register_policy(key[1], stage=key[0])(cls)
+    try:
+        model = get_model("qwen2_vl")
+        inputs = tiny.make_inputs("qwen2_vl")
+        seen = []
+        hook = model.model.language_model.layers[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        model(**inputs)
+        tokpress.apply(model, outer="t_sized", inner="t_sizes", inner_layer=1, retain_ratio=0.25, inner_ratio=0.5)
+        model(**inputs)
+        hook.remove()
+        full, pruned = seen
+        video = (inputs["input_ids"][0] == tiny.VIDEO_ID).nonzero().squeeze(1)
+        kept = video[:16]  # SizedOuter keeps the first 16 of 64, same positions (the video follows 6 tokens)
+        torch.testing.assert_close(pruned[0, kept], 2 * full[0, kept])
+        _, _, sizes, _ = RECORDS[0]
+        assert sizes.tolist() == [4.0] * 16  # each kept token stands for 4 of the 64
+    finally:
+        _POLICIES.pop(("outer", "t_sized"), None)
+        _POLICIES.pop(("inner", "t_sizes"), None)

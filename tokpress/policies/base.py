@@ -80,6 +80,8 @@ class InnerTokens:
         videos: the sample's videos, to map ordinals to (video, frame, row, column).
         memory: a dict the policy may use to keep per-sample state across the decode steps of one cache
             (decode-time policies only; empty otherwise).
+        sizes: ``[n]`` float32 number of original tokens each token stands for after earlier merges (1 for a
+            token nothing was merged into); merging policies weight their means by it.
     """
 
     hidden: torch.Tensor
@@ -89,6 +91,7 @@ class InnerTokens:
     sample: int = 0
     videos: tuple[VideoSlot, ...] = ()
     memory: dict = field(default_factory=dict)
+    sizes: torch.Tensor | None = None
 
 
 @dataclass

@@ -151,11 +151,12 @@ class FrameFusionPolicy(InnerPolicy):
         groups = group_of[head]
         num_groups = survivors.numel()
         # one pass for both means: the group's hidden state and its members' mean attention (last column)
+        w = tokens.sizes  # size-weighted: tokens merged at earlier stages weigh what they stand for
         both = group_mean(
-            torch.cat([hidden.float(), tokens.attention.float().to(device)[:, None]], 1), groups, num_groups
+            torch.cat([hidden.float(), tokens.attention.float().to(device)[:, None]], 1), groups, num_groups, w
         )
         features, score = both[:, :-1], both[:, -1]
-        sizes = group_size(groups, num_groups)
+        sizes = group_size(groups, num_groups, w)
         chosen = topk_sorted(score, budget)  # group ids ascending = heads ascending
         return Plan(survivors[chosen], features[chosen], sizes[chosen])
 

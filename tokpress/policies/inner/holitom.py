@@ -68,4 +68,5 @@ class HoliTomInnerPolicy(InnerPolicy):
         group = torch.empty(n, dtype=torch.long, device=keep.device)
         group[keep] = torch.arange(budget, device=keep.device)
         group[dropped] = cosine_matrix(tokens.hidden[dropped], tokens.hidden[keep]).argmax(-1)
-        return Plan(keep, group_mean(tokens.hidden, group, budget), group_size(group, budget))
+        w = tokens.sizes  # tokens merged at earlier stages weigh what they stand for
+        return Plan(keep, group_mean(tokens.hidden, group, budget, w), group_size(group, budget, w))
