@@ -67,6 +67,84 @@ def demo(
 
 
 @app.command()
+def bench(
+    model: str = typer.Option(None, help="A checkpoint (local path or cached hub id); default: the built-in model."),
+    arch: str = typer.Option(None, help="A published architecture with random weights (see --list-archs)."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Required with --arch (states the fact)."),
+    video: str = typer.Option(None, help="A video file; default: a generated one."),
+    question: str = typer.Option("What happens in the video? Answer briefly.", help="The prompt's question."),
+    methods: str = typer.Option(
+        ",".join(__import__("tokpress.eval.bench", fromlist=["x"]).DEFAULT_METHODS),
+        help="Comma-separated: none, methods, or outer+inner specs.",
+    ),
+    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios."),
+    frames: int = typer.Option(None, help="Frames sampled from the video."),
+    fps: float = typer.Option(None, help="Or: frames per second sampled from the video."),
+    repeats: int = typer.Option(3, help="Timed requests per row (median, min, max)."),
+    warmup: int = typer.Option(1, help="Untimed requests before them."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
+    attn: str = typer.Option("sdpa", help="sdpa, flash_attention_2 or eager."),
+    batch: int = typer.Option(1, help="Copies of the prompt per request."),
+    max_new_tokens: int = typer.Option(16, help="Tokens generated for the answer and decode speed."),
+    size: int = typer.Option(448, help="--arch only: frame side in pixels of the synthetic video."),
+    out: str = typer.Option("tokpress-results", help="Output folder (results.json/csv, report.md, PNG plots)."),
+    list_archs: bool = typer.Option(False, "--list-archs", help="List the shipped architectures and exit."),
+) -> None:
+    """Compare methods x retain ratios: TTFT by stage, the oracle, FLOPs, memory, decode speed, answers."""
+    from rich.progress import Progress
+
+    from tokpress.errors import ConfigError
+    from tokpress.eval.bench import BenchConfig, run_bench
+    from tokpress.eval.methods import parse_list, parse_method
+    from tokpress.eval.report import print_table, write_report
+    from tokpress.eval.workloads import make_workload
+
+    if list_archs:
+        from tokpress.eval.archs import arch_names
+
+        for name in arch_names():
+            console.print(name)
+        return
+    if arch and not random_weights:
+        raise typer.BadParameter("--arch instantiates random weights: add --random-weights to confirm")
+    names = tuple(parse_list(methods))
+    for name in names:
+        parse_method(name)  # fail early, naming the valid methods
+    try:
+        ratio_values = tuple(float(r) for r in parse_list(ratios))
+    except ValueError:
+        raise ConfigError(f"--ratios must be comma-separated numbers in (0, 1], got {ratios!r}") from None
+    config = BenchConfig(
+        model=model,
+        arch=arch,
+        video=video,
+        question=question,
+        methods=names,
+        ratios=ratio_values,
+        frames=frames,
+        fps=fps,
+        repeats=repeats,
+        warmup=warmup,
+        device=device,
+        dtype=dtype,
+        attn=attn,
+        batch=batch,
+        max_new_tokens=max_new_tokens,
+        extra={"size": size},
+    )
+    work = make_workload(config)
+    from tokpress.eval.bench import bench_plan
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("bench", total=len(bench_plan(config)))
+        records = run_bench(config, work, progress=lambda label: bar.update(task, advance=1, description=label))
+    paths = write_report(records, work.environment, out)
+    print_table(records, console)
+    console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
+
+
+@app.command()
 def methods() -> None:
     """List the methods (presets) and policies."""
     import tokpress

@@ -1,0 +1,252 @@
+"""``tokpress bench``: methods x retention ratios on one model and one video — TTFT split into stages, the oracle,
+FLOPs (FastV convention and exact), peak memory, KV-cache size, decode speed and answer agreement.
+
+Stages of one measured request (all on a CUDA-synchronised clock, see :mod:`tokpress.eval.timing`):
+
+* ``video_decode`` — reading and sampling the video file (0 for synthetic inputs);
+* ``preprocess`` — the HF processor (resize, patchify, tokenise);
+* ``vision`` — the vision encoder and projector;
+* ``compression`` — tokpress's hooks: scoring, selection, gathers (outer and inner);
+* ``prefill`` — the language model's prefill forward, less the compression inside it;
+* ``first_decode`` — the next forward (one token); reported beside TTFT, not part of it.
+
+TTFT = video decode + preprocessing + the time from calling ``generate()`` until the prefill's logits exist.
+The *oracle* of a ratio is the same model fed the same number of video tokens by a fixed, precomputed index
+(evenly spaced per frame), so its only cost over the physical limit is one gather.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import tokpress
+from tokpress.eval.methods import parse_method
+from tokpress.eval.timing import Clock, StageTimer
+from tokpress.flops import fastv_flops
+
+logger = logging.getLogger("tokpress")
+
+DEFAULT_METHODS = (
+    "none",
+    "uniform",
+    "random",
+    "frames",
+    "evs",
+    "divprune",
+    "visionzip",
+    "fastvid",
+    "holitom",
+    "dycoke",
+    "prunevid",
+    "fastv",
+    "pdrop",
+    "framefusion",
+)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class BenchConfig:
+    """What to measure; every field has the command line's default."""
+
+    model: str | None = None
+    arch: str | None = None
+    video: str | None = None
+    question: str = "What happens in the video? Answer briefly."
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    ratios: tuple[float, ...] = (0.5, 0.25, 0.1)
+    frames: int | None = None
+    fps: float | None = None
+    repeats: int = 3
+    warmup: int = 1
+    device: str | None = None
+    dtype: str | None = None
+    attn: str = "sdpa"
+    batch: int = 1
+    max_new_tokens: int = 16
+    oracle: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workload:
+    """A model and a way to produce its inputs: ``make_inputs() -> (inputs, video_decode_s, preprocess_s)``."""
+
+    name: str
+    model: torch.nn.Module
+    make_inputs: Callable[[], tuple[dict, float, float]]
+    decode: Callable[[torch.Tensor], str]
+    environment: dict[str, str]
+
+
+def _median_spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _kv_megabytes(cache) -> float | None:
+    layers = getattr(cache, "layers", None)
+    if not layers:
+        return None
+    total = sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values) if t is not None)
+    return total / 2**20
+
+
+def _peak_megabytes(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _vision_module(model) -> torch.nn.Module:
+    base = model.model
+    return getattr(base, "visual", None) or base.vision_tower
+
+
+class Runner:
+    """Measures one workload under a sequence of methods; owns the stage hooks."""
+
+    def __init__(self, work: Workload, config: BenchConfig) -> None:
+        self.work, self.config = work, config
+        self.device = next(work.model.parameters()).device
+        self.clock = Clock(self.device)
+        lm = work.model.model.language_model
+        self.timer = StageTimer(self.clock, {"vision": _vision_module(work.model), "lm": lm, "top": work.model})
+        self.text_config = lm.config
+        self.reference: torch.Tensor | None = None
+
+    def close(self) -> None:
+        self.timer.remove()
+        tokpress.remove(self.work.model)
+
+    def _apply(self, method: str, ratio: float) -> None:
+        model = self.work.model
+        tokpress.remove(model)
+        if method == "oracle":
+            tokpress.apply(model, outer="uniform", retain_ratio=ratio)
+            inputs, _, _ = self.work.make_inputs()
+            with torch.no_grad():
+                model(**inputs)  # learn the grid once, then replay the index with no selection work
+            kept = model.tokpress.last.kept["outer"]
+            tokpress.apply(model, outer="fixed", retain_ratio=ratio, outer_options={"keep": kept})
+        elif (kwargs := parse_method(method)) is not None:
+            tokpress.apply(model, retain_ratio=ratio, **kwargs)
+        if hasattr(model, "tokpress"):
+            model.tokpress.sync_timing = True
+
+    @torch.no_grad()
+    def _request(self) -> dict[str, Any]:
+        """One timed request: generate until the first decode step has run."""
+        model = self.work.model
+        inputs, decode_s, preprocess_s = self.work.make_inputs()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.timer.reset()
+        start = self.clock.now()
+        out = model.generate(
+            **inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True
+        )
+        stamps = self.timer.stamps
+        prefill_end = stamps.calls["top"][0][1]
+        last = getattr(model, "tokpress", None) and model.tokpress.last
+        compression = last.compression_s if last else 0.0
+        vision = sum(e - s for s, e in stamps.calls.get("vision", []) if e <= prefill_end)
+        return {
+            "ttft": decode_s + preprocess_s + prefill_end - start,
+            "video_decode": decode_s,
+            "preprocess": preprocess_s,
+            "vision": vision,
+            "compression": compression,
+            "prefill": (stamps.span("lm", 0) or 0.0) - compression,
+            "first_decode": stamps.span("top", 1),
+            "peak_memory_mb": _peak_megabytes(self.device),
+            "kv_cache_mb": _kv_megabytes(out.past_key_values),
+        }
+
+    @torch.no_grad()
+    def _answer(self) -> tuple[torch.Tensor, float | None]:
+        """Greedy answer ids and decode tokens/s over ``max_new_tokens`` forced tokens."""
+        n = self.config.max_new_tokens
+        inputs, _, _ = self.work.make_inputs()
+        self.timer.reset()
+        out = self.work.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        end = self.clock.now()
+        prefill_end = self.timer.stamps.calls["top"][0][1]
+        speed = (n - 1) / (end - prefill_end) if n > 1 and end > prefill_end else None
+        return out[0, inputs["input_ids"].shape[1] :], speed
+
+    def measure(self, method: str, ratio: float) -> dict[str, Any]:
+        self._apply(method, ratio)
+        for _ in range(self.config.warmup):
+            self._request()
+        runs = [self._request() for _ in range(self.config.repeats)]
+        answer, speed = self._answer()
+        if method == "none":
+            self.reference = answer
+        model = self.work.model
+        last = model.tokpress.last if hasattr(model, "tokpress") else None
+        inputs, _, _ = self.work.make_inputs()
+        n_video = int((inputs["input_ids"][0] == model.config.video_token_id).sum())
+        seq = int(inputs["attention_mask"][0].sum())
+        per_layer = last.tokens_per_layer[0] if last else [seq] * self.text_config.num_hidden_layers
+        stage_names = ("video_decode", "preprocess", "vision", "compression", "prefill", "first_decode")
+        record = {
+            "model": self.work.name,
+            "method": method,
+            "ratio": ratio,
+            "video_tokens": n_video,
+            "into_llm": last.after_outer[0] if last else n_video,
+            "tokens_per_layer": per_layer,
+            "ttft_ms": {k: v * 1e3 for k, v in _median_spread([r["ttft"] for r in runs]).items()},
+            "stages_ms": {
+                s: None if any(r[s] is None for r in runs) else 1e3 * statistics.median(r[s] for r in runs)
+                for s in stage_names
+            },
+            "decode_tokens_per_s": speed,
+            "peak_memory_mb": runs[-1]["peak_memory_mb"],
+            "kv_cache_mb": runs[-1]["kv_cache_mb"],
+            "flops_fastv": fastv_flops(per_layer, self.text_config.hidden_size, self.text_config.intermediate_size),
+            "flops_exact": self._exact_flops(per_layer, inputs),
+            "answer": self.work.decode(answer)[:80],
+            "same_answer": None if self.reference is None else bool(torch.equal(answer, self.reference)),
+            "repeats": self.config.repeats,
+        }
+        tokpress.remove(model)
+        return record
+
+    def _exact_flops(self, per_layer: list[int], inputs: dict) -> float | None:
+        try:
+            from tokpress.eval.flops_exact import exact_prefill_flops
+        except ImportError:
+            return None
+        try:
+            return float(exact_prefill_flops(self.work.model.config, per_layer, inputs=inputs).total)
+        except TypeError:
+            return None
+
+
+def bench_plan(config: BenchConfig) -> list[tuple[str, float]]:
+    """The ``(method, ratio)`` rows: the uncompressed model once, then per ratio the oracle and every method."""
+    rows = [("none", 1.0)] if "none" in config.methods else []
+    for ratio in config.ratios:
+        if config.oracle:
+            rows.append(("oracle", ratio))
+        rows += [(m, ratio) for m in config.methods if m != "none"]
+    return rows
+
+
+def run_bench(config: BenchConfig, work: Workload, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Measure every row of :func:`bench_plan` on ``work``; returns one record per row."""
+    runner = Runner(work, config)
+    records = []
+    try:
+        for method, ratio in bench_plan(config):
+            if progress is not None:
+                progress(f"{method} @ {ratio:g}")
+            records.append(runner.measure(method, ratio))
+    finally:
+        runner.close()
+    return records

@@ -1,0 +1,161 @@
+"""The models and inputs ``tokpress bench`` measures: the embedded default, a full-size architecture with random
+weights, or a user's checkpoint and video."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tokpress.errors import ConfigError
+from tokpress.eval.bench import DTYPES, BenchConfig, Workload
+
+DEFAULT_FRAMES = 16
+
+
+def resolve_device(config: BenchConfig) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is visible; use --device cpu")
+    name = config.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if name not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return device, DTYPES[name]
+
+
+def environment(model, device: torch.device, dtype: torch.dtype, attn: str) -> dict[str, str]:
+    import transformers
+
+    cpu = f"CPU ({platform.processor() or platform.machine()})"
+    env = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokpress": __import__("tokpress").__version__,
+        "python": platform.python_version(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "attn": attn,
+        "threads": str(torch.get_num_threads()),
+    }
+    if device.type == "cuda":
+        env["cuda"] = str(torch.version.cuda)
+        env["driver"] = _driver_version()
+    return env
+
+
+def _driver_version() -> str:
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else "unknown"
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _video_frames(config: BenchConfig, default_frames: int, workdir: Path):
+    """``(path, decode)``: the user's video, or a generated one written to ``workdir``; ``decode()`` reads it."""
+    from tokpress.eval.tiny import VideoSpec, moving_square_video
+    from tokpress.eval.video import load_video, write_video
+
+    path = config.video
+    if path is None:
+        path = str(workdir / "moving_square.mp4")
+        write_video(moving_square_video(VideoSpec(frames=config.frames or default_frames)), path, fps=8)
+    num_frames = None if config.fps else (config.frames or (default_frames if config.video is None else 32))
+
+    def decode():
+        start = time.perf_counter()
+        frames, _ = load_video(path, num_frames=num_frames, fps=config.fps)
+        return frames, time.perf_counter() - start
+
+    return path, decode
+
+
+def _processor_workload(name, model, processor, config: BenchConfig, default_frames: int, env) -> Workload:
+    device = next(model.parameters()).device
+    workdir = Path(tempfile.mkdtemp(prefix="tokpress-bench-"))
+    path, decode = _video_frames(config, default_frames, workdir)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": config.question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    env["video"] = path if config.video else f"generated moving square ({config.frames or default_frames} frames)"
+
+    def make_inputs():
+        frames, decode_s = decode()
+        start = time.perf_counter()
+        inputs = processor(text=[prompt] * config.batch, videos=[frames] * config.batch, return_tensors="pt")
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        if "pixel_values_videos" in inputs:
+            inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(next(model.parameters()).dtype)
+        return inputs, decode_s, time.perf_counter() - start
+
+    def decode_text(ids):
+        return processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+    return Workload(name, model, make_inputs, decode_text, env)
+
+
+def default_workload(config: BenchConfig) -> Workload:
+    """The embedded default: a tiny Qwen2.5-VL with random weights, a generated video, the real (offline) processor."""
+    from tokpress.eval.tiny import tiny_model
+    from tokpress.eval.tiny_processor import tiny_processor
+
+    device, dtype = resolve_device(config)
+    model = tiny_model("qwen2_5_vl", attn=config.attn, dtype=dtype).to(device)
+    env = environment(model, device, dtype, config.attn)
+    env["model"] = "built-in tiny Qwen2.5-VL (random weights, 4 layers, hidden 64)"
+    return _processor_workload("tiny-qwen2.5-vl", model, tiny_processor("qwen2_5_vl"), config, DEFAULT_FRAMES, env)
+
+
+def arch_workload(config: BenchConfig) -> Workload:
+    """A published full-size architecture with random weights and synthetic inputs of the processor's layout."""
+    from tokpress.eval.archs import random_weight_model
+    from tokpress.eval.inputs import synthetic_video_inputs
+
+    device, dtype = resolve_device(config)
+    model = random_weight_model(config.arch, device, dtype, attn=config.attn).eval()
+    frames = config.frames or (32 if model.config.model_type == "llava_onevision" else 64)
+    size = config.extra.get("size", 448)
+    inputs = synthetic_video_inputs(model.config, frames, size, size, batch=config.batch, dtype=dtype, device=device)
+    env = environment(model, device, dtype, config.attn)
+    env["model"] = f"{config.arch} (published config, random weights)"
+    n_video = int((inputs["input_ids"][0] == model.config.video_token_id).sum())
+    env["video"] = f"synthetic: {frames} frames of {size}x{size}, {n_video} video tokens"
+    env["frames"] = str(frames)
+
+    def show(ids):
+        return " ".join(map(str, ids[:8].tolist()))
+
+    return Workload(config.arch, model, lambda: (inputs, 0.0, 0.0), show, env)
+
+
+def pretrained_workload(config: BenchConfig) -> Workload:
+    """A user's checkpoint (local path or cached hub id) with its processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device, dtype = resolve_device(config)
+    model = AutoModelForImageTextToText.from_pretrained(
+        config.model, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}
+    ).eval()
+    processor = AutoProcessor.from_pretrained(config.model)
+    env = environment(model, device, dtype, config.attn)
+    env["model"] = config.model
+    return _processor_workload(Path(config.model).name, model, processor, config, 32, env)
+
+
+def make_workload(config: BenchConfig) -> Workload:
+    if config.model and config.arch:
+        raise ConfigError("pass either --model or --arch, not both")
+    if config.arch:
+        return arch_workload(config)
+    if config.model:
+        return pretrained_workload(config)
+    return default_workload(config)

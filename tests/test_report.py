@@ -1,0 +1,177 @@
+"""Bench reports: JSON round-trip, flat CSV, report.md with hand-checked speed-ups, valid PNG plots, rich table."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+
+import pytest
+from rich.console import Console
+
+from tokpress.eval.report import derive, print_table, render_markdown, write_report
+
+MODEL = "tiny-qwen2.5-vl"
+ENV = {"device": "NVIDIA H100 80GB", "driver": "550.54", "cuda": "12.4", "torch": "2.15.0", "attn": "sdpa"}
+
+
+def _record(method: str, ratio: float, ttft: float, *, compression: float | None = 0.0, **extra) -> dict:
+    video = 2048
+    into = round(video * ratio)
+    record = {
+        "model": MODEL,
+        "method": method,
+        "ratio": ratio,
+        "video_tokens": video,
+        "into_llm": into,
+        "tokens_per_layer": [into + 40] * 4,
+        "ttft_ms": {"median": ttft, "min": ttft * 0.95, "max": ttft * 1.1},
+        "stages_ms": {
+            "video_decode": 20.0,
+            "preprocess": 5.0,
+            "vision": 40.0,
+            "compression": compression,
+            "prefill": ttft - 75.0 - (compression or 0.0),
+            "first_decode": 10.0,
+        },
+        "decode_tokens_per_s": 42.0,
+        "peak_memory_mb": 1500.0 + into,
+        "kv_cache_mb": into / 100,
+        "flops_fastv": 1e12 * ratio,
+        "flops_exact": 8e11 * ratio,
+        "answer": "left to right",
+        "same_answer": method != "none" or None,
+        "repeats": 5,
+    }
+    record.update(extra)
+    return record
+
+
+@pytest.fixture
+def records() -> list[dict]:
+    sparse = _record("evs+fastv", 0.25, 90.0, compression=None)
+    sparse.update(peak_memory_mb=None, kv_cache_mb=None, flops_exact=None, decode_tokens_per_s=None, same_answer=None)
+    sparse["stages_ms"]["vision"] = None
+    del sparse["tokens_per_layer"], sparse["answer"]
+    return [
+        _record("none", 1.0, 200.0),
+        _record("fastv", 0.5, 150.0, compression=6.0),
+        _record("oracle", 0.5, 120.0),
+        _record("fastv", 0.25, 100.0, compression=10.0),
+        _record("oracle", 0.25, 80.0),
+        _record("evs+fastv", 0.5, 125.0, compression=4.0, same_answer=False),
+        sparse,
+    ]
+
+
+def _row(markdown: str, method: str, ratio: str) -> list[str]:
+    line = next(x for x in markdown.splitlines() if x.startswith(f"| {method} | {ratio} |"))
+    return [cell.strip() for cell in line.strip("|").split(" | ")]
+
+
+def test_speedups_by_hand(records):
+    # fastv@0.25: uncompressed 200 ms / 100 ms = 2.00x; oracle@0.25 80 ms / 100 ms = 0.80x; 10 ms of 100 = 10 %
+    # sparse evs+fastv@0.25: 200 / 90 = 2.22x, 80 / 90 = 0.89x; FLOPs 0.25e12 of 1e12 = 25 %
+    md = render_markdown(records, ENV, "tokpress bench")
+    fastv = _row(md, "fastv", "0.25")
+    assert fastv[2:8] == [
+        "2048 → 512",
+        "100 [95.0–110]",
+        "2.00×",
+        "0.80×",
+        "20.0 / 5.00 / 40.0 / 10.0 / 15.0 / 10.0",
+        "10.0",
+    ]
+    assert fastv[8] == "250 G (25%)" and fastv[-1] == "yes"
+    sparse = _row(md, "evs+fastv", "0.25")
+    assert sparse[4:6] == ["2.22×", "0.89×"]
+    assert sparse[6] == "20.0 / 5.00 / — / — / 15.0 / 10.0"
+    assert sparse[7] == "—" and sparse[9:] == ["—"] * 5
+    base = _row(md, "uncompressed", "1.00")
+    assert base[4] == "1.00×" and base[5] == "—"
+    oracle = _row(md, "oracle", "0.50")
+    assert oracle[4:6] == [f"{200 / 120:.2f}×", "1.00×"]
+    d = derive(records)
+    assert d[3]["speedup_vs_oracle"] == pytest.approx(0.8) and d[6]["speedup_vs_none"] == pytest.approx(200 / 90)
+    assert d[6]["compression_overhead_pct"] is None and d[6]["flops_exact_fraction"] is None
+
+
+def test_rows_grouped_and_ordered(records):
+    md = render_markdown(records, ENV, "cmd")
+    lines = [x for x in md.splitlines() if x.startswith("| ") and " | 0." in x or x.startswith("| uncompressed")]
+    order = [(x.split(" | ")[0][2:], x.split(" | ")[1]) for x in lines]
+    assert order == [
+        ("uncompressed", "1.00"),
+        ("oracle", "0.50"),
+        ("fastv", "0.50"),
+        ("evs+fastv", "0.50"),
+        ("oracle", "0.25"),
+        ("fastv", "0.25"),
+        ("evs+fastv", "0.25"),
+    ]
+    assert "| CUDA | 12.4 |" in md and "| dtype | — |" in md and "| Attention implementation | sdpa |" in md
+
+
+def test_write_report_files(records, tmp_path):
+    original = copy.deepcopy(records)
+    written = write_report(records, ENV, tmp_path / "out", command="tokpress bench --ratios 0.5,0.25")
+    assert records == original  # inputs untouched
+    names = {"results.json", "results.csv", "report.md", "ttft_vs_retention.png", "stage_breakdown.png"}
+    assert names | {"flops_vs_retention.png"} == set(written)
+    assert all(p.is_file() for p in written.values())
+
+    payload = json.loads(written["results.json"].read_text())
+    assert payload["records"] == records and payload["environment"] == ENV
+    assert payload["command"] == "tokpress bench --ratios 0.5,0.25"
+
+    with written["results.csv"].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records)
+    for col in (
+        "ttft_ms.median",
+        "ttft_ms.max",
+        "stages_ms.prefill",
+        "stages_ms.compression",
+        "derived.speedup_vs_oracle",
+    ):
+        assert col in rows[0]
+    assert float(rows[3]["ttft_ms.median"]) == 100.0 and float(rows[3]["derived.speedup_vs_oracle"]) == 0.8
+    assert json.loads(rows[0]["tokens_per_layer"]) == [2088] * 4
+    assert rows[6]["peak_memory_mb"] == "" and rows[6]["stages_ms.vision"] == "" and rows[6]["answer"] == ""
+
+    assert "0.80×" in written["report.md"].read_text()
+
+
+def test_pngs_are_valid(records, tmp_path):
+    matplotlib_image = pytest.importorskip("matplotlib.image")
+    written = write_report(records, ENV, tmp_path, command="x")
+    for name in ("ttft_vs_retention.png", "stage_breakdown.png", "flops_vs_retention.png"):
+        data = written[name].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        image = matplotlib_image.imread(written[name])
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+        assert image[..., :3].std() > 0.01  # something was drawn
+
+
+def test_minimal_and_multi_model(tmp_path):
+    minimal = [
+        {"model": "a", "method": "none", "ratio": 1.0, "ttft_ms": {"median": 10.0}},
+        {"model": "a", "method": "fastv", "ratio": 0.5, "ttft_ms": {"median": 5.0}, "flops_fastv": float("nan")},
+        {"model": "b", "method": "oracle", "ratio": 0.5, "ttft_ms": {"median": 4.0}},
+        {"model": "b", "method": "fastv", "ratio": 0.5, "ttft_ms": {"median": 8.0}},
+    ]
+    written = write_report(minimal, {}, tmp_path, command="x")
+    md = written["report.md"].read_text()
+    assert "## a" in md and "## b" in md and "CPU" in md  # no device given: the CPU caution is shown
+    assert json.loads(written["results.json"].read_text())["records"][1]["flops_fastv"] is None
+    assert _row(md, "fastv", "0.50")[4] == "2.00×"
+    assert [d["speedup_vs_oracle"] for d in derive(minimal)] == [None, None, 1.0, 0.5]
+
+
+def test_print_table(records):
+    console = Console(record=True, width=200)
+    print_table(records, console, title="bench")
+    text = console.export_text()
+    assert "bench" in text and "evs+fastv" in text and "uncompressed" in text
+    assert "0.80×" in text and "2.22×" in text and "25%" in text
+    assert "model" not in text.splitlines()[2]  # one model: no model column
