@@ -13,5 +13,5 @@ setup(
         "tokpress.eval",
     ],
     package_dir={"tokpress": "tokpress", "tokpress.patches": "patches", "tokpress.eval": "eval"},
-    package_data={"tokpress": ["py.typed"]},
+    package_data={"tokpress": ["py.typed"], "tokpress.eval": ["archs/*.json"]},
 )

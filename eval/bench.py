@@ -217,15 +217,18 @@ class Runner:
         tokpress.remove(model)
         return record
 
-    def _exact_flops(self, per_layer: list[int], inputs: dict) -> float | None:
-        try:
-            from tokpress.eval.flops_exact import exact_prefill_flops
-        except ImportError:
-            return None
-        try:
-            return float(exact_prefill_flops(self.work.model.config, per_layer, inputs=inputs).total)
-        except TypeError:
-            return None
+    def _exact_flops(self, per_layer: list[int], inputs: dict) -> float:
+        """Exact prefill FLOPs (decoder with GQA and gated MLP, vision encoder, lm_head) of sample 0."""
+        from tokpress.eval.flops_exact import exact_prefill_flops
+
+        config = self.work.model.config
+        if "video_grid_thw" in inputs:
+            grid = tuple(inputs["video_grid_thw"][0].tolist())
+        else:  # LLaVA-OneVision: every frame at image_size
+            vision = config.vision_config
+            side = vision.image_size // vision.patch_size
+            grid = (inputs["pixel_values_videos"].shape[1], side, side)
+        return float(exact_prefill_flops(config, per_layer, video_grid=grid).total)
 
 
 def bench_plan(config: BenchConfig) -> list[tuple[str, float]]:

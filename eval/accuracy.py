@@ -1,0 +1,857 @@
+"""``tokpress eval``: multiple-choice accuracy of a video LLM under every method x retention ratio, with statistics
+and the cost of the same runs.
+
+**Samples.** ``benchmark="synth"`` generates the test split of :mod:`tokpress.eval.synth` in memory
+(``make_split("test", n, config.synth)``, one question per video, tasks in turn). Any other value is a local dataset
+folder in the layout :func:`~tokpress.eval.synth.export_split` writes (``annotations.jsonl`` + ``videos/``; the
+Video-MME / MVBench field names are understood too); its videos are decoded by :func:`tokpress.eval.video.load_video`,
+the path real benchmarks take. ``n`` keeps the first ``n`` annotations in file order.
+
+**Prompt.** The user turn is the video followed by ``format_prompt(...)``: the question, the options and an
+instruction (:data:`WORD_PROMPT` or :data:`LETTER_PROMPT`, or the caller's ``prompt`` template with the fields
+``{question}``, ``{options}`` — comma-separated words — and ``{lettered}`` — one ``"A. word"`` line per option),
+rendered by the processor's chat template with the generation prompt. ``answer_format="word"`` scores the option
+words (what the synth model is trained to emit), ``"letter"`` the letters A, B, C, ...
+
+**Scoring rule** (``scoring="logits"``, the default). Each option's answer text (the word or the letter, followed
+by the tokenizer's end-of-turn token ``eos_token`` for words; letters are scored alone — ``append_eos`` overrides)
+is scored by its log-likelihood as the assistant's answer after the prompt, teacher-forced:
+``log p(option) = sum_j log p(t_j | prompt, t_<j)``. With ``normalize="mean"`` (default) the score is that sum
+divided by the option's token count (the mean per-token log-probability, so options of different lengths compete
+fairly); ``normalize="sum"`` uses the joint log-probability itself. The chosen option is the argmax (first on
+ties). Both the sums and the token counts are recorded, so either rule can be recomputed offline.
+``scoring="generate"`` instead decodes greedily (``max_new_tokens``) and matches the text to an option
+(:func:`match_answer`; no match counts as wrong, ``chosen = -1``).
+
+**How the options are scored with compression.** tokpress compresses the forward that carries the video (the
+prompt's prefill), and a later forward continues the compressed cache exactly as ``generate()``'s decode steps do.
+The scoring therefore mirrors inference: the prompt is prefilled once per option row — the sample's processed
+inputs repeated (identical rows, so identical video placeholders and, for deterministic methods, an identical
+selection per row) and, with ``batch > 1``, several samples left-padded together — then one continuation forward
+feeds every row's option tokens (right-padded; padding at the end cannot influence earlier positions under causal
+attention) on that cache. The first option token's log-probability comes from the prefill's last logits, the
+others from the continuation. The selection thus never sees the options (an option appended to the prompt would
+change, e.g., FastV's last-query attention), and the video is prefilled with the same prompt the model answers. Methods
+with a decode-time stage (DyCoke) re-select at every decoded token, so for them the options are fed one token per
+forward. For M-RoPE families (Qwen-VL) the continuation's position ids come from the model's own ``get_rope_index``
+over the whole uncompressed sequence (tokpress keeps original positions), since transformers cannot derive them
+from a padded mask there.
+
+**Cost columns from the same runs.** Before scoring, each batch's prompt is prefilled once more on its own
+(``batch`` prompts, no repetition) on a :class:`~tokpress.eval.timing.Clock`: TTFT = that forward — vision
+encoder, compression and LLM prefill up to the first logits (video decoding and preprocessing are identical for
+every method and recorded apart). Its ``model.tokpress.last.tokens_per_layer`` gives the prefill FLOPs
+(:func:`tokpress.flops.fastv_flops`, the papers' convention) and the token counts. The uncompressed model
+(``"none"``) always runs: it is the reference of agreement, McNemar's test and the cost fractions.
+
+**Records.** :func:`run_eval` returns ``kind="sample"`` records (one per sample x method x ratio) and
+``kind="summary"`` records (per method x ratio x task family, plus ``task="all"``); the fields are listed in
+:func:`run_eval` and :func:`summarize`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import statistics
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import tokpress
+from tokpress.errors import ConfigError, InputError
+from tokpress.eval.methods import parse_method
+from tokpress.eval.stats import EXACT_BELOW, agreement, bootstrap_ci, mcnemar, mcnemar_test_name
+from tokpress.eval.synth import SynthConfig, load_annotations, make_split
+from tokpress.eval.timing import Clock
+from tokpress.flops import fastv_flops
+
+logger = logging.getLogger("tokpress")
+
+DEFAULT_METHODS = ("none", "uniform", "frames", "evs", "fastv", "holitom", "divprune")
+DEFAULT_RATIOS = (0.5, 0.25, 0.1)
+DEFAULT_N = 20  # videos of the synth test split (4 per task family): ~1 min on CPU with the built-in model
+#: Where the trained synth model ships; used when no model is given and it exists.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "tokpress-synth-qwen2.5-vl"
+#: ``model=`` value that selects the built-in tiny random-weight Qwen2.5-VL explicitly.
+TINY_MODEL = "tiny"
+RANDOM_WEIGHTS_NOTE = (
+    "The model has RANDOM weights (built-in tiny Qwen2.5-VL; the trained synth model is not installed): accuracies "
+    "are chance-level noise. This run checks the machinery, not the methods."
+)
+
+WORD_PROMPT = "{question}\nOptions: {options}.\nAnswer with one of the options, one word only."
+LETTER_PROMPT = "{question}\n{lettered}\nAnswer with the option's letter from the given choices directly."
+ANSWER_FORMATS = ("word", "letter")
+SCORINGS = ("logits", "generate")
+NORMALIZATIONS = ("mean", "sum")
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+LETTERS = string.ascii_uppercase  # option letters A, B, C, ...
+
+Progress = Callable[[str, int], None]
+
+
+# --------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate; every field has the command line's default."""
+
+    model: str | None = None  # checkpoint path / hub id; None: the shipped model, else the built-in tiny one
+    benchmark: str = "synth"  # "synth" or a local dataset folder (annotations.jsonl + videos/)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
+    n: int | None = DEFAULT_N  # synth: videos; local dataset: first n annotations (None: all)
+    seed: int = 0  # bootstrap resampling and the ``random`` method
+    batch: int = 1  # samples per forward
+    answer_format: str = "word"  # "word" or "letter"
+    scoring: str = "logits"  # "logits" (option log-likelihoods) or "generate" (greedy decoding, matched)
+    normalize: str = "mean"  # "mean" (per-token) or "sum" log-likelihood
+    append_eos: bool | None = None  # score the end-of-turn token after the option; None: words yes, letters no
+    prompt: str | None = None  # template with {question}, {options}, {lettered}; None: by answer_format
+    frames: int | None = None  # local datasets: frames sampled per video (default: the annotation's num_frames)
+    fps: float | None = None  # local datasets: or frames per second of video
+    device: str | None = None
+    dtype: str | None = None
+    attn: str = "sdpa"
+    n_boot: int = 2000
+    alpha: float = 0.05
+    exact_below: int = EXACT_BELOW  # McNemar: exact binomial test below this many discordant pairs
+    max_new_tokens: int = 8  # scoring="generate"
+    warmup: bool = True  # one untimed prefill per method x ratio before the timed ones
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def validate(self) -> None:
+        """Raise :class:`~tokpress.errors.ConfigError` naming the bad field."""
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ConfigError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"n must be >= 1 (or None for a whole local dataset), got {self.n}")
+        if not self.ratios or any(not 0 < r <= 1 for r in self.ratios):
+            raise ConfigError(f"ratios must be in (0, 1], got {self.ratios}")
+        if not 0 < self.alpha < 1 or self.n_boot < 1:
+            raise ConfigError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={self.alpha}, n_boot={self.n_boot}")
+        for method in self.methods:
+            parse_method(method)  # raises with the list of methods
+
+
+def eval_plan(config: EvalConfig) -> list[tuple[str, float]]:
+    """The ``(method, ratio)`` runs: the uncompressed reference (always), then every method at every ratio."""
+    if "none" not in config.methods:
+        logger.info("tokpress eval: adding the uncompressed model ('none'), the reference of the statistics")
+    return [("none", 1.0)] + [(m, float(r)) for r in config.ratios for m in config.methods if m != "none"]
+
+
+# -------------------------------------------------------------------------------------------------- samples
+
+
+@dataclass
+class EvalSample:
+    """One multiple-choice question about one video (frames in memory, or a file decoded when it is scored)."""
+
+    sample_id: str
+    task: str
+    question: str
+    options: list[str]
+    answer: int  # index into ``options``
+    frames: np.ndarray | None = None  # [T, H, W, 3] uint8
+    video: str | None = None  # a video file, when ``frames`` is None
+    num_frames: int | None = None  # frames the annotation says the video holds
+
+
+def synth_samples(n: int, config: SynthConfig | None = None) -> list[EvalSample]:
+    """The first ``n`` videos of the synth test split, one question each; ids as :func:`export_split` names them."""
+    out = []
+    for s in make_split("test", n, config):
+        out.append(
+            EvalSample(
+                sample_id=f"{s.video_id}_q0",
+                task=s.task,
+                question=s.question,
+                options=list(s.options),
+                answer=s.answer,
+                frames=s.frames,
+            )
+        )
+    return out
+
+
+def _strip_letter(option: str) -> str:
+    match = re.match(r"^\s*\(?[A-Z][.):]\s*(.*)$", option)
+    return match.group(1).strip() if match else option.strip()
+
+
+def local_samples(path: str | Path, n: int | None = None) -> list[EvalSample]:
+    """Samples of a local dataset folder (``annotations.jsonl`` + videos), first ``n`` in file order.
+
+    Fields read: ``video`` (relative to the folder), ``question``, ``candidates`` (option words; else ``options``
+    with their ``"A. "`` prefixes removed), ``answer_index`` (else ``answer`` as a letter or as the option text),
+    ``task`` (else ``task_type``), ``question_id``, ``num_frames``.
+    """
+    root = Path(path)
+    if not (root / "annotations.jsonl").is_file():
+        raise InputError(f"{root}: no annotations.jsonl; pass --benchmark synth or a folder written by export_split")
+    records = load_annotations(root)
+    out = []
+    for i, rec in enumerate(records[:n] if n else records):
+        options = [str(o) for o in rec.get("candidates") or [_strip_letter(o) for o in rec.get("options", [])]]
+        if len(options) < 2 or "video" not in rec or "question" not in rec:
+            raise InputError(f"{root}: annotation {i} needs 'video', 'question' and two or more options")
+        answer = rec.get("answer_index")
+        if answer is None:
+            given = str(rec.get("answer", "")).strip()
+            if len(given) == 1 and given.upper() in LETTERS[: len(options)]:
+                answer = LETTERS.index(given.upper())
+            elif given in options:
+                answer = options.index(given)
+            else:
+                raise InputError(f"{root}: annotation {i}: answer {given!r} is neither a letter nor an option")
+        video = Path(rec["video"])
+        out.append(
+            EvalSample(
+                sample_id=str(rec.get("question_id") or f"{rec.get('video_id', video.stem)}_{i}"),
+                task=str(rec.get("task") or rec.get("task_type") or "all"),
+                question=str(rec["question"]),
+                options=options,
+                answer=int(answer),
+                video=str(video if video.is_absolute() else root / video),
+                num_frames=rec.get("num_frames"),
+            )
+        )
+    return out
+
+
+def load_benchmark(config: EvalConfig) -> list[EvalSample]:
+    """The samples of ``config.benchmark`` (``"synth"`` or a local folder)."""
+    if config.benchmark == "synth":
+        return synth_samples(config.n or DEFAULT_N, config.synth)
+    return local_samples(config.benchmark, config.n)
+
+
+# --------------------------------------------------------------------------------------------- prompt, answers
+
+
+def format_prompt(
+    question: str, options: Sequence[str], answer_format: str = "word", template: str | None = None
+) -> str:
+    """The text of the user turn after the video (see the module doc)."""
+    if template is None:
+        template = LETTER_PROMPT if answer_format == "letter" else WORD_PROMPT
+    lettered = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return template.format(question=question, options=", ".join(options), lettered=lettered)
+
+
+def answer_texts(options: Sequence[str], answer_format: str = "word") -> list[str]:
+    """What the assistant says for each option: the word itself, or its letter."""
+    if len(options) > len(LETTERS):
+        raise InputError(f"at most {len(LETTERS)} options are supported, got {len(options)}")
+    return [LETTERS[i] for i in range(len(options))] if answer_format == "letter" else list(options)
+
+
+def chat_prompt(processor: Any, text: str) -> str:
+    """The chat-template rendering of a user turn holding one video and ``text``, with the generation prompt."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def encode_answers(tokenizer: Any, texts: Sequence[str], append_eos: bool) -> list[list[int]]:
+    """Token ids of each answer text (no special tokens added), plus the end-of-turn token when ``append_eos``."""
+    eos = tokenizer.eos_token_id if append_eos else None
+    out = []
+    for text in texts:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            ids.append(int(eos))
+        if not ids:
+            raise InputError(f"option {text!r} encodes to no tokens")
+        out.append(ids)
+    return out
+
+
+def match_answer(text: str, options: Sequence[str], answer_format: str = "word") -> int:
+    """Index of the option a generated ``text`` names, or -1.
+
+    Letters: the first standalone letter A.. at the start (``"B"``, ``"(B)"``, ``"B. red"``). Words: an exact match
+    (case- and punctuation-insensitive), else the option that occurs earliest in the text (longest on a tie).
+    """
+    clean = text.strip()
+    if answer_format == "letter":
+        match = re.match(r"^\(?([A-Z])(?:$|[\s.):,])", clean)
+        index = LETTERS.find(match.group(1)) if match else -1
+        return index if 0 <= index < len(options) else -1
+    norm = re.sub(r"[^\w\s-]", "", clean.lower()).strip()
+    words = [o.lower() for o in options]
+    if norm in words:
+        return words.index(norm)
+    hits = [(m.start(), -len(w), i) for i, w in enumerate(words) if (m := re.search(rf"\b{re.escape(w)}\b", norm))]
+    return min(hits)[2] if hits else -1
+
+
+@dataclass
+class OptionScores:
+    """Per option: ``logprobs`` (sum over its tokens), ``tokens`` (count), ``scores`` (by the rule) and the argmax."""
+
+    logprobs: list[float]
+    tokens: list[int]
+    scores: list[float]
+    chosen: int
+
+
+def choose(logprobs: Sequence[float], tokens: Sequence[int], normalize: str = "mean") -> OptionScores:
+    """Apply the scoring rule: mean (per-token) or summed log-likelihood; argmax, first on ties."""
+    scores = [lp / t if normalize == "mean" else lp for lp, t in zip(logprobs, tokens)]
+    return OptionScores(list(logprobs), list(tokens), scores, int(np.argmax(scores)))
+
+
+# -------------------------------------------------------------------------------------------------- tensors
+
+
+@dataclass
+class Prepared:
+    """A sample ready for the model: its processed single-prompt inputs and its options' token ids."""
+
+    sample: EvalSample
+    inputs: dict[str, torch.Tensor]  # batch of one, on the model's device
+    options: list[list[int]]
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+
+
+def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(model.parameters())
+    return param.device, param.dtype
+
+
+def prepare(
+    model: torch.nn.Module,
+    processor: Any,
+    sample: EvalSample,
+    *,
+    answer_format: str = "word",
+    append_eos: bool | None = None,
+    prompt: str | None = None,
+    frames: int | None = None,
+    fps: float | None = None,
+) -> Prepared:
+    """Decode the sample's video if needed, run the processor on its prompt, encode its options."""
+    decode_ms = 0.0
+    video = sample.frames
+    if video is None:
+        from tokpress.eval.video import load_video
+
+        multiple = 2 if getattr(model.config, "model_type", "").startswith("qwen") else 1
+        count = frames or (None if fps else sample.num_frames)
+        start = time.perf_counter()
+        video, _ = load_video(
+            sample.video, num_frames=count, fps=None if count else (fps or 2.0), multiple_of=multiple
+        )
+        decode_ms = (time.perf_counter() - start) * 1e3
+    text = chat_prompt(processor, format_prompt(sample.question, sample.options, answer_format, prompt))
+    start = time.perf_counter()
+    batch = processor(text=[text], videos=[video], return_tensors="pt")
+    preprocess_ms = (time.perf_counter() - start) * 1e3
+    device, dtype = _device_dtype(model)
+    inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    for key in ("pixel_values_videos", "pixel_values"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(dtype)
+    eos = (answer_format == "word") if append_eos is None else append_eos
+    options = encode_answers(processor.tokenizer, answer_texts(sample.options, answer_format), eos)
+    return Prepared(sample, inputs, options, decode_ms, preprocess_ms)
+
+
+def stack_rows(
+    items: Sequence[dict[str, torch.Tensor]], counts: Sequence[int], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """One left-padded batch holding ``counts[i]`` copies of the single-prompt inputs ``items[i]``, in order.
+
+    Sequence tensors (``input_ids``, ``attention_mask``, ``mm_token_type_ids``) are left-padded (``pad_id`` / 0);
+    every other tensor is concatenated along dim 0 in row order — per-video rows (Qwen's flattened patches and
+    ``video_grid_thw``, ``second_per_grid_ts``) and per-sample ones (LLaVA-OneVision's ``[1, T, C, H, W]``) alike —
+    which is what the processor returns for the same prompts and videos batched with left padding.
+    """
+    rows = [item for item, count in zip(items, counts) for _ in range(count)]
+    if not rows:
+        raise ValueError("nothing to stack")
+    width = max(int(item["input_ids"].shape[1]) for item in rows)
+    out: dict[str, torch.Tensor] = {}
+    for key in rows[0]:
+        values = [item[key] for item in rows]
+        if key in _SEQUENCE_KEYS:
+            fill = pad_id if key == "input_ids" else 0
+            padded = [torch.nn.functional.pad(v, (width - v.shape[1], 0), value=fill) for v in values]
+            out[key] = torch.cat(padded, 0)
+            continue
+        try:
+            out[key] = torch.cat(values, 0)
+        except RuntimeError as exc:
+            raise InputError(f"cannot batch {key!r} of these samples ({exc}); use batch=1") from exc
+    return out
+
+
+def _continuation_positions(
+    model: torch.nn.Module, prompt: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor | None:
+    """M-RoPE position ids of the continuation ``ids`` after the padded ``prompt`` (None: 1-D RoPE families)."""
+    base = getattr(model, "model", None)
+    rope_index = getattr(base, "get_rope_index", None)
+    if rope_index is None or "mm_token_type_ids" not in prompt:
+        return None
+    full = torch.cat([prompt["input_ids"], ids], 1)
+    types = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    accepted = inspect.signature(rope_index).parameters
+    extra = {
+        k: prompt[k]
+        for k in ("video_grid_thw", "image_grid_thw", "second_per_grid_ts")
+        if k in prompt and k in accepted
+    }
+    positions, _ = rope_index(full, types, attention_mask=mask, **extra)
+    return positions[..., prompt["input_ids"].shape[1] :]
+
+
+def _has_decode_stage(model: torch.nn.Module) -> bool:
+    engine = getattr(model, "tokpress", None)
+    runner = getattr(engine, "runner", None)
+    return bool(getattr(runner, "decode_stages", None))
+
+
+@torch.no_grad()
+def option_logprobs(
+    model: torch.nn.Module, prepared: Sequence[Prepared], pad_id: int, *, stepwise: bool | None = None
+) -> tuple[list[list[tuple[float, int]]], Any]:
+    """Teacher-forced log-likelihood of every option of every prepared sample (see the module doc).
+
+    Returns:
+        per sample, per option ``(sum of log-probs, token count)``; and ``model.tokpress.last`` of the scoring
+        prefill (None when unpatched).
+    """
+    counts = [len(p.options) for p in prepared]
+    options = [o for p in prepared for o in p.options]
+    batch = stack_rows([p.inputs for p in prepared], counts, pad_id)
+    device = batch["input_ids"].device
+    out = model(**batch, use_cache=True, logits_to_keep=1)
+    engine = getattr(model, "tokpress", None)
+    stats = engine.last if engine is not None else None
+    first = torch.log_softmax(out.logits[:, -1].float(), -1)
+    width = max(map(len, options))
+    ids = torch.full((len(options), width), pad_id, dtype=torch.long, device=device)
+    for row, opt in enumerate(options):
+        ids[row, : len(opt)] = torch.tensor(opt, device=device)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(ids, dtype=batch["attention_mask"].dtype)], 1)
+    positions = _continuation_positions(model, batch, ids, mask)
+    prompt_len = batch["input_ids"].shape[1]
+    cache = out.past_key_values
+    step_logits: list[torch.Tensor] = []
+    need = width - 1  # the last option token needs no prediction after it
+    if need > 0:
+        stepwise = _has_decode_stage(model) if stepwise is None else stepwise
+        chunks = [(j, j + 1) for j in range(need)] if stepwise else [(0, need)]
+        for start, stop in chunks:
+            kwargs: dict[str, Any] = {"attention_mask": mask[:, : prompt_len + stop]}
+            if positions is not None:
+                kwargs["position_ids"] = positions[..., start:stop]
+            step = model(input_ids=ids[:, start:stop], past_key_values=cache, use_cache=True, **kwargs)
+            cache = step.past_key_values
+            step_logits.append(torch.log_softmax(step.logits.float(), -1))
+    rest = torch.cat(step_logits, 1) if step_logits else None
+    results: list[list[tuple[float, int]]] = []
+    row = 0
+    for count in counts:
+        per = []
+        for _ in range(count):
+            opt = options[row]
+            total = float(first[row, opt[0]])
+            if len(opt) > 1:
+                tail = torch.tensor(opt[1:], device=device)
+                total += float(rest[row, torch.arange(len(opt) - 1, device=device), tail].sum())
+            per.append((total, len(opt)))
+            row += 1
+        results.append(per)
+    return results, stats
+
+
+def score_options(
+    model: torch.nn.Module,
+    processor: Any,
+    sample: EvalSample,
+    *,
+    answer_format: str = "word",
+    normalize: str = "mean",
+    append_eos: bool | None = None,
+    prompt: str | None = None,
+) -> OptionScores:
+    """Score the options of one sample with the module's rule (works with or without tokpress applied)."""
+    prepared = prepare(model, processor, sample, answer_format=answer_format, append_eos=append_eos, prompt=prompt)
+    pad_id = processor.tokenizer.pad_token_id or 0
+    (per,), _ = option_logprobs(model, [prepared], pad_id)
+    return choose([lp for lp, _ in per], [t for _, t in per], normalize)
+
+
+@torch.no_grad()
+def generate_answers(
+    model: torch.nn.Module, processor: Any, prepared: Sequence[Prepared], answer_format: str, max_new_tokens: int
+) -> list[tuple[str, int]]:
+    """Greedy answers of a batch: ``(text, matched option index or -1)`` per sample."""
+    tok = processor.tokenizer
+    batch = stack_rows([p.inputs for p in prepared], [1] * len(prepared), tok.pad_token_id or 0)
+    out = model.generate(
+        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    texts = [tok.decode(row, skip_special_tokens=True) for row in new]
+    return [(t, match_answer(t, p.sample.options, answer_format)) for t, p in zip(texts, prepared)]
+
+
+# ---------------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class EvalWorkload:
+    """A model, its processor and a description of the environment."""
+
+    name: str
+    model: torch.nn.Module
+    processor: Any
+    environment: dict[str, str]
+    random_weights: bool = False
+
+
+def _apply(model: torch.nn.Module, method: str, ratio: float, seed: int) -> None:
+    tokpress.remove(model)
+    kwargs = parse_method(method)
+    if kwargs is None:
+        return
+    if kwargs.get("method") == "random" or kwargs.get("outer") == "random":
+        kwargs["outer_options"] = {"seed": seed}
+    tokpress.apply(model, retain_ratio=ratio, **kwargs)
+
+
+@torch.no_grad()
+def _prefill(model: torch.nn.Module, batch: dict[str, torch.Tensor], clock: Clock) -> float:
+    start = clock.now()
+    model(**batch, use_cache=True, logits_to_keep=1)
+    return clock.now() - start
+
+
+def _prefill_counts(model: torch.nn.Module, batch: dict[str, torch.Tensor], video_id: int) -> list[dict[str, Any]]:
+    """Per sample of the last prefill: video tokens, video tokens entering the LLM, tokens per decoder layer."""
+    engine = getattr(model, "tokpress", None)
+    stats = engine.last if engine is not None else None
+    layers = model.config.get_text_config().num_hidden_layers
+    out = []
+    for b in range(batch["input_ids"].shape[0]):
+        if stats is not None and len(stats.video_tokens) > b:
+            video, into, per_layer = stats.video_tokens[b], stats.after_outer[b], list(stats.tokens_per_layer[b])
+        else:  # unpatched: every token of the prompt reaches every layer
+            video = into = int((batch["input_ids"][b] == video_id).sum())
+            per_layer = [int(batch["attention_mask"][b].sum())] * layers
+        out.append({"video_tokens": video, "into_llm": into, "per_layer": per_layer})
+    return out
+
+
+def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Evaluate every ``(method, ratio)`` of :func:`eval_plan` on every sample; summary records first.
+
+    Samples are taken ``config.batch`` at a time; each batch is prepared once (video decode, processor) and run
+    under every method and ratio in turn, the uncompressed model first. ``progress(label, advance)`` is called after
+    each batch x run with the number of samples done.
+
+    Each ``kind="sample"`` record: ``model, method, ratio, sample_id, task, answer, chosen, correct, reference``
+    (the uncompressed model's choice), ``agree``, ``scores`` / ``logprobs`` / ``option_tokens`` (logits scoring) or
+    ``generated`` (generation), ``ttft_ms`` (the timed prefill of the batch the sample was in), ``video_tokens``,
+    ``into_llm``, ``tokens_per_layer``, ``flops_fastv``, ``decode_ms``, ``preprocess_ms``, ``rows_consistent``
+    (every option row of the scoring prefill kept as many tokens per layer as the timed single prefill).
+    """
+    config.validate()
+    model, processor = work.model, work.processor
+    samples = load_benchmark(config)
+    plan = eval_plan(config)
+    text = model.config.get_text_config()
+    video_id = int(getattr(model.config, "video_token_id", None) or model.config.video_token_index)
+    pad_id = processor.tokenizer.pad_token_id or 0
+    clock = Clock(_device_dtype(model)[0])
+    records: list[dict[str, Any]] = []
+    try:
+        for first, start in enumerate(range(0, len(samples), config.batch)):
+            chunk = samples[start : start + config.batch]
+            prepared = [
+                prepare(
+                    model,
+                    processor,
+                    s,
+                    answer_format=config.answer_format,
+                    append_eos=config.append_eos,
+                    prompt=config.prompt,
+                    frames=config.frames,
+                    fps=config.fps,
+                )
+                for s in chunk
+            ]
+            single = stack_rows([p.inputs for p in prepared], [1] * len(prepared), pad_id)
+            reference: dict[str, int] = {}
+            for method, ratio in plan:
+                _apply(model, method, ratio, config.seed)
+                if config.warmup and first == 0:
+                    _prefill(model, single, clock)
+                ttft = _prefill(model, single, clock)
+                counts = _prefill_counts(model, single, video_id)
+                if config.scoring == "logits":
+                    scored, stats = option_logprobs(model, prepared, pad_id)
+                    consistent = _rows_consistent(stats, counts, [len(p.options) for p in prepared])
+                    generated = [None] * len(prepared)
+                else:
+                    answers = generate_answers(model, processor, prepared, config.answer_format, config.max_new_tokens)
+                    scored, consistent, generated = [None] * len(prepared), [True] * len(prepared), answers
+                for b, p in enumerate(prepared):
+                    record = _sample_record(work.name, method, ratio, p, config, scored[b], generated[b])
+                    if method == "none":
+                        reference[p.sample.sample_id] = record["chosen"]
+                    record["reference"] = reference.get(p.sample.sample_id)
+                    record["agree"] = None if record["reference"] is None else record["chosen"] == record["reference"]
+                    per_layer = counts[b]["per_layer"]
+                    record.update(
+                        ttft_ms=ttft * 1e3,
+                        video_tokens=counts[b]["video_tokens"],
+                        into_llm=counts[b]["into_llm"],
+                        tokens_per_layer=per_layer,
+                        flops_fastv=fastv_flops(per_layer, text.hidden_size, text.intermediate_size),
+                        decode_ms=p.decode_ms,
+                        preprocess_ms=p.preprocess_ms,
+                        rows_consistent=consistent[b],
+                    )
+                    records.append(record)
+                tokpress.remove(model)
+                if progress is not None:
+                    progress(
+                        f"{method} @ {ratio:g} · {min(start + len(chunk), len(samples))}/{len(samples)}", len(chunk)
+                    )
+    finally:
+        tokpress.remove(model)
+    inconsistent = sum(not r["rows_consistent"] for r in records)
+    if inconsistent:
+        logger.warning("tokpress eval: %d sample runs selected differently across option rows", inconsistent)
+    summary = summarize(
+        records, n_boot=config.n_boot, seed=config.seed, alpha=config.alpha, exact_below=config.exact_below
+    )
+    return summary + records
+
+
+def _rows_consistent(stats: Any, counts: list[dict[str, Any]], rows: list[int]) -> list[bool]:
+    if stats is None:
+        return [True] * len(rows)
+    per_layer = stats.tokens_per_layer
+    out, row = [], 0
+    for b, k in enumerate(rows):
+        out.append(all(per_layer[row + i] == counts[b]["per_layer"] for i in range(k)))
+        row += k
+    return out
+
+
+def _sample_record(
+    name: str,
+    method: str,
+    ratio: float,
+    p: Prepared,
+    config: EvalConfig,
+    scored: list[tuple[float, int]] | None,
+    generated: tuple[str, int] | None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "kind": "sample",
+        "model": name,
+        "method": method,
+        "ratio": ratio,
+        "sample_id": p.sample.sample_id,
+        "task": p.sample.task,
+        "n_options": len(p.sample.options),
+        "answer": p.sample.answer,
+    }
+    if scored is not None:
+        result = choose([lp for lp, _ in scored], [t for _, t in scored], config.normalize)
+        record.update(
+            chosen=result.chosen, scores=result.scores, logprobs=result.logprobs, option_tokens=result.tokens
+        )
+    else:
+        text, chosen = generated
+        record.update(chosen=chosen, generated=text)
+    record["correct"] = record["chosen"] == p.sample.answer
+    return record
+
+
+# --------------------------------------------------------------------------------------------------- summary
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    got = [float(v) for v in values if v is not None]
+    return sum(got) / len(got) if got else None
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    got = [float(v) for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def summarize(
+    samples: Sequence[dict[str, Any]],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    exact_below: int = EXACT_BELOW,
+) -> list[dict[str, Any]]:
+    """``kind="summary"`` records per (model, method, ratio) x (each task family, then ``"all"``).
+
+    Fields: ``n, correct, accuracy, ci_low, ci_high`` (percentile bootstrap, ``seed``), ``chance`` (mean of
+    1 / options), and — where the uncompressed run of the same samples exists — ``agreement`` (same choice as it),
+    ``delta`` (accuracy − its accuracy) with ``delta_ci_low/high`` (paired bootstrap of the per-sample
+    differences), McNemar's ``mcnemar_b01`` (it wrong, this right), ``mcnemar_b10``, ``mcnemar_statistic``,
+    ``mcnemar_p`` and ``mcnemar_test`` (``"exact"`` / ``"chi2"``); cost: ``flops_fastv`` (mean per sample),
+    ``flops_fraction`` (of the uncompressed mean), ``ttft_ms`` (median), ``ttft_ms_mean``, ``speedup`` (its TTFT
+    median / this one), ``video_tokens`` and ``into_llm`` (means). ``task="all"`` adds ``accuracy_macro``, the
+    mean of the per-task accuracies.
+    """
+    rows = [r for r in samples if r.get("kind", "sample") == "sample"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"], float(r["ratio"])), []).append(r)
+    ref = {(r["model"], r["sample_id"]): r for r in rows if r["method"] == "none"}
+    out = []
+    for (model, method, ratio), group in groups.items():
+        per_task = {}
+        for task in [*tasks, "all"]:
+            sel = group if task == "all" else [r for r in group if r["task"] == task]
+            if not sel:
+                continue
+            summary = _summary(model, method, ratio, task, sel, ref, n_boot, seed, alpha, exact_below)
+            if task != "all":
+                per_task[task] = summary["accuracy"]
+            elif len(per_task) > 1:
+                summary["accuracy_macro"] = sum(per_task.values()) / len(per_task)
+            out.append(summary)
+    return out
+
+
+def _summary(model, method, ratio, task, sel, ref, n_boot, seed, alpha, exact_below) -> dict[str, Any]:
+    correct = np.array([bool(r["correct"]) for r in sel], dtype=np.float64)
+    low, high = bootstrap_ci(correct, n_boot=n_boot, seed=seed, alpha=alpha)
+    summary: dict[str, Any] = {
+        "kind": "summary",
+        "model": model,
+        "method": method,
+        "ratio": ratio,
+        "task": task,
+        "n": len(sel),
+        "correct": int(correct.sum()),
+        "accuracy": float(correct.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "chance": float(np.mean([1.0 / r["n_options"] for r in sel])),
+        "flops_fastv": _mean([r.get("flops_fastv") for r in sel]),
+        "ttft_ms": _median([r.get("ttft_ms") for r in sel]),
+        "ttft_ms_mean": _mean([r.get("ttft_ms") for r in sel]),
+        "video_tokens": _mean([r.get("video_tokens") for r in sel]),
+        "into_llm": _mean([r.get("into_llm") for r in sel]),
+    }
+    refs = [ref.get((model, r["sample_id"])) for r in sel]
+    if all(x is not None for x in refs):
+        base = np.array([bool(x["correct"]) for x in refs], dtype=np.float64)
+        test = mcnemar(base, correct, exact_below=exact_below)
+        d_low, d_high = bootstrap_ci(correct - base, n_boot=n_boot, seed=seed, alpha=alpha)
+        base_flops = _mean([x.get("flops_fastv") for x in refs])
+        base_ttft = _median([x.get("ttft_ms") for x in refs])
+        summary.update(
+            agreement=agreement([r["chosen"] for r in sel], [x["chosen"] for x in refs]),
+            delta=float(correct.mean() - base.mean()),
+            delta_ci_low=d_low,
+            delta_ci_high=d_high,
+            mcnemar_b01=test.b01,
+            mcnemar_b10=test.b10,
+            mcnemar_statistic=test.statistic,
+            mcnemar_p=test.p_value,
+            mcnemar_test=mcnemar_test_name(test.b01, test.b10, exact_below),
+            flops_fraction=summary["flops_fastv"] / base_flops if base_flops and summary["flops_fastv"] else None,
+            speedup=base_ttft / summary["ttft_ms"] if base_ttft and summary["ttft_ms"] else None,
+        )
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------- workloads
+
+
+def make_eval_workload(config: EvalConfig) -> EvalWorkload:
+    """The model to evaluate: ``config.model`` (``"tiny"``: the built-in one), else the shipped synth model when it
+    is installed, else the built-in tiny random-weight Qwen2.5-VL (the report then says so)."""
+    from tokpress.eval.workloads import environment, resolve_device
+
+    device, dtype = resolve_device(config)  # reads .device and .dtype only
+    path = config.model
+    if path is None and (SHIPPED_MODEL / "config.json").is_file():
+        path = str(SHIPPED_MODEL)
+    if path is None or path == TINY_MODEL:
+        from tokpress.eval.tiny import tiny_model
+        from tokpress.eval.tiny_processor import tiny_processor
+
+        if path is None:
+            logger.warning("tokpress eval: %s not found; using the built-in random-weight model", SHIPPED_MODEL)
+        model = tiny_model("qwen2_5_vl", attn=config.attn, dtype=dtype).to(device)
+        env = environment(model, device, dtype, config.attn)
+        env["model"] = "built-in tiny Qwen2.5-VL (RANDOM weights, 4 layers, hidden 64)"
+        work = EvalWorkload("tiny-qwen2.5-vl", model, tiny_processor("qwen2_5_vl"), env, random_weights=True)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}
+        ).eval()
+        env = environment(model, device, dtype, config.attn)
+        env["model"] = path
+        work = EvalWorkload(Path(path).name, model, AutoProcessor.from_pretrained(path), env)
+    if config.benchmark == "synth":
+        env["benchmark"] = f"synth test split, {config.n or DEFAULT_N} videos (namespace {config.synth.seed})"
+    else:
+        env["benchmark"] = str(config.benchmark)
+    env["scoring"] = f"{config.scoring}: {config.answer_format}s" + (
+        f", {config.normalize} log-likelihood" if config.scoring == "logits" else ", greedy decoding"
+    )
+    return work
+
+
+def evaluate(
+    config: EvalConfig | None = None,
+    out: str | Path | None = "tokpress-eval",
+    *,
+    work: EvalWorkload | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    """``tokpress eval`` from Python: run :func:`run_eval` and write the report into ``out`` (None: no files).
+
+    Returns:
+        The records and the paths written (name -> path).
+    """
+    from tokpress.eval.eval_report import write_eval_report
+
+    config = config or EvalConfig()
+    config.validate()
+    work = work or make_eval_workload(config)
+    records = run_eval(config, work, progress)
+    if out is None:
+        return records, {}
+    notes = [RANDOM_WEIGHTS_NOTE] if work.random_weights else []
+    paths = write_eval_report(records, work.environment, out, command=command, notes=notes, config=config)
+    return records, paths

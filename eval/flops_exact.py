@@ -1,0 +1,306 @@
+"""Exact prefill FLOPs of a video LLM, counted from its config: decoder, vision encoder and selection overhead.
+
+The second FLOPs column of ``tokpress bench`` (the first is :func:`tokpress.flops.fastv_flops`, the papers'
+convention). Every matrix product is counted as multiply-accumulates (MACs) and reported as ``2 * MACs`` FLOPs.
+
+What is counted, per decoder layer processing ``n`` tokens (hidden ``d``, ``h`` query heads and ``g`` key/value
+heads of width ``hd``, FFN width ``m``):
+
+- projections: ``q`` ``n*d*h*hd``, ``k`` and ``v`` ``n*d*g*hd`` each (grouped-query attention), ``o`` ``n*h*hd*d``;
+- attention: scores ``Q K^T`` and the weighted sum ``P V``, ``h*hd`` MACs per (query, key) pair each. A causal
+  prefill has ``n*(n+1)/2`` pairs: that is the work FlashAttention (and SDPA's flash / cuDNN kernels, which
+  ``is_causal=True`` selects) executes -- they skip the tiles above the diagonal, up to a partial tile per row of
+  tiles. ``causal=False`` counts the full ``n**2`` square instead: what eager attention and SDPA with an explicit
+  mask (math / memory-efficient kernels) compute before the mask is applied;
+- gated SwiGLU MLP: three ``d x m`` matrices, ``3*n*d*m``;
+- ``lm_head``: ``d*V`` per position whose logits are computed, one position by default (``generate()`` passes
+  ``logits_to_keep=1`` to the prefill).
+
+Left out as negligible (``O(n*d)`` against the ``O(n*d^2)`` above, < 0.1 % for the shipped architectures):
+RMSNorm / LayerNorm, biases, RoPE, softmax, activations, residual adds, the embedding lookup (no arithmetic),
+LLaVA-OneVision's bilinear pooling of the video features and the newline token's concatenation.
+
+Vision encoders, for a video given as its patch grid ``(t, h, w)`` (see :func:`patch_grid`):
+
+- Qwen2-VL / Qwen2.5-VL ViT: the ``Conv3d`` patch embedding (``3*tp*p*p`` inputs per patch), per block the
+  ``qkv`` and ``proj`` linears, the MLP (Qwen2-VL: 2 matrices, ``embed_dim x embed_dim*mlp_ratio``; Qwen2.5-VL:
+  gated, 3 matrices) and the bidirectional attention *per group the model forms*: full-attention blocks attend
+  within each temporal slice (``t`` groups of ``h*w`` patches, as ``cu_seqlens`` does); Qwen2.5-VL's windowed
+  blocks within windows of ``window_size / patch / merge`` merged tokens a side, the last window of a row or
+  column being partial (as ``get_window_index`` builds them); then the merger MLP on the ``t*h*w/merge**2`` merged
+  tokens (``merge**2 * width`` -> same -> LLM width).
+- SigLIP (LLaVA-OneVision): per frame ``(image_size/patch)**2`` patches through the ``Conv2d`` embedding and every
+  encoder layer of the config (4 attention linears, 2-matrix MLP, full bidirectional attention within the frame),
+  then the 2-layer projector on all patches (it runs before the pooling). The attention-pooling head, when the
+  config keeps it (``vision_use_head``; the published LLaVA-OneVision checkpoints drop it), is counted too.
+
+Selection overhead (similarity matrices, attention recomputation, clustering) is the caller's to pass in as
+``overhead``; :func:`cosine_overhead`, :func:`cdist_overhead` and :func:`last_query_attention_overhead` estimate the
+common ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tokpress.errors import ConfigError
+
+from .archs import model_shape
+
+Grid = Sequence[int]
+
+
+@dataclass(frozen=True)
+class PrefillFlops:
+    """FLOPs (``2 * MACs``) of one prefill of one sample.
+
+    Attributes:
+        llm: decoder layers plus ``lm_head``.
+        vision: vision encoder plus projector / merger (0 without a video grid).
+        overhead: selection overhead, as passed by the caller.
+        lm_head: the ``lm_head`` share of ``llm``.
+        llm_layers: per decoder layer, ``len == num_layers`` (sums with ``lm_head`` to ``llm``).
+    """
+
+    llm: float
+    vision: float
+    overhead: float
+    lm_head: float = 0.0
+    llm_layers: tuple[float, ...] = ()
+
+    @property
+    def total(self) -> float:
+        """``llm + vision + overhead``."""
+        return self.llm + self.vision + self.overhead
+
+    def as_dict(self) -> dict[str, Any]:
+        """All fields plus ``total``, e.g. for a JSON report."""
+        return {**asdict(self), "llm_layers": list(self.llm_layers), "total": self.total}
+
+
+def _shape(config) -> Mapping[str, Any]:
+    return config if isinstance(config, Mapping) else model_shape(config)
+
+
+def attention_pairs(n: int, causal: bool = True) -> int:
+    """(query, key) pairs of a prefill over ``n`` tokens: ``n*(n+1)/2`` causal, ``n**2`` otherwise."""
+    return n * (n + 1) // 2 if causal else n * n
+
+
+def decoder_layer_flops(config, n: int, *, causal: bool = True) -> dict[str, float]:
+    """FLOPs of one decoder layer over ``n`` tokens, by component.
+
+    Args:
+        config: a ``transformers`` config or a :func:`~tokpress.eval.archs.model_shape` dict.
+        n: tokens the layer processes (queries = keys in a prefill).
+        causal: count the lower triangle of the attention (see the module docstring).
+
+    Returns:
+        ``q``, ``k``, ``v``, ``o`` (projections), ``attn`` (scores + weighted sum), ``mlp`` and their ``total``.
+    """
+    s = _shape(config)
+    d, hd = s["hidden"], s["head_dim"]
+    q_width, kv_width = s["heads"] * hd, s["kv_heads"] * hd
+    macs = dict(
+        q=n * d * q_width,
+        k=n * d * kv_width,
+        v=n * d * kv_width,
+        o=n * q_width * d,
+        attn=2 * q_width * attention_pairs(n, causal),
+        mlp=3 * n * d * s["intermediate"],
+    )
+    out = {k: 2.0 * v for k, v in macs.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def llm_prefill_flops(
+    config, tokens_per_layer: int | Sequence[int], *, causal: bool = True, logits_to_keep: int = 1
+) -> tuple[list[float], float]:
+    """Per-layer decoder FLOPs and the ``lm_head`` FLOPs of one prefill.
+
+    Args:
+        config: a ``transformers`` config or a ``model_shape`` dict.
+        tokens_per_layer: sequence tokens (text + video) each layer processes, e.g. one row of
+            :attr:`tokpress.state.Stats.tokens_per_layer`; an int means the same count at every layer.
+        causal: see :func:`decoder_layer_flops`.
+        logits_to_keep: positions whose logits are computed; 0 means all tokens of the last layer.
+
+    Raises:
+        ConfigError: ``tokens_per_layer`` does not have one entry per decoder layer.
+    """
+    s = _shape(config)
+    tokens = [int(tokens_per_layer)] * s["layers"] if isinstance(tokens_per_layer, int) else list(tokens_per_layer)
+    if len(tokens) != s["layers"]:
+        raise ConfigError(f"tokens_per_layer has {len(tokens)} entries; the decoder has {s['layers']} layers")
+    layers = [decoder_layer_flops(s, n, causal=causal)["total"] for n in tokens]
+    positions = tokens[-1] if logits_to_keep == 0 else min(logits_to_keep, tokens[-1])
+    return layers, 2.0 * positions * s["hidden"] * s["vocab"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vision encoders
+
+
+def patch_grid(config, frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """The patch grid ``(t, h, w)`` the vision encoder sees for ``frames`` frames of ``height x width`` pixels.
+
+    Qwen: ``(ceil(frames / temporal_patch), height / patch, width / patch)`` -- ``video_grid_thw`` -- with the
+    frames already resized by the processor (sides multiples of ``patch * merge``, e.g. 28). LLaVA-OneVision: the
+    processor resizes every frame to ``image_size``, so ``(frames, image_size / patch, image_size / patch)`` whatever
+    the input size (27 x 27 for SigLIP at 384 px).
+
+    Raises:
+        ConfigError: a Qwen side is not a multiple of ``patch * merge``.
+    """
+    s = _shape(config)
+    if s["vision_kind"] == "siglip":
+        side = s["image_size"] // s["patch"]
+        return frames, side, side
+    unit = s["patch"] * s["merge"]
+    if height % unit or width % unit:
+        raise ConfigError(
+            f"height and width must be multiples of {unit} (the processor's resize); got {height}x{width}"
+        )
+    return math.ceil(frames / s["temporal_patch"]), height // s["patch"], width // s["patch"]
+
+
+def video_tokens(config, grid: Grid) -> int:
+    """LLM tokens one video of patch grid ``grid`` becomes (before any compression).
+
+    Qwen: ``t*h*w / merge**2``. LLaVA-OneVision: ``t * ceil(h/2) * ceil(w/2) + 1`` (bilinear pooling, one newline).
+    """
+    s = _shape(config)
+    t, h, w = (int(x) for x in grid)
+    if s["vision_kind"] == "siglip":
+        return t * math.ceil(h / 2) * math.ceil(w / 2) + 1
+    return t * h * w // (s["merge"] ** 2)
+
+
+def _window_sides(side: int, window: int) -> list[int]:
+    """Sides of the windows one grid side splits into: full windows, then a partial one."""
+    return [window] * (side // window) + ([side % window] if side % window else [])
+
+
+def _qwen_vision_macs(s: Mapping[str, Any], grid: Grid) -> int:
+    t, h, w = (int(x) for x in grid)
+    width, merge = s["vision_width"], s["merge"]
+    patches = t * h * w
+    per_token_block = 4 * width * width + (3 if s["vision_mlp"] == "gated" else 2) * width * s["vision_intermediate"]
+    full_pairs = t * (h * w) ** 2
+    if s["window_size"]:
+        window = s["window_size"] // merge // s["patch"]
+        rows, cols = _window_sides(h // merge, window), _window_sides(w // merge, window)
+        window_pairs = t * sum((r * c * merge * merge) ** 2 for r in rows for c in cols)
+    else:
+        window_pairs = full_pairs
+    full_blocks = len(set(s["fullatt_blocks"]) & set(range(s["vision_depth"])))
+    attn = 2 * width * (full_blocks * full_pairs + (s["vision_depth"] - full_blocks) * window_pairs)
+    embed = patches * 3 * s["temporal_patch"] * s["patch"] ** 2 * width
+    merged = patches // (merge * merge)
+    merger = merged * (s["merger_width"] ** 2 + s["merger_width"] * s["out_hidden"])
+    return embed + s["vision_depth"] * patches * per_token_block + attn + merger
+
+
+def _siglip_vision_macs(s: Mapping[str, Any], grid: Grid) -> int:
+    frames, h, w = (int(x) for x in grid)
+    width, p = s["vision_width"], h * w
+    per_token_layer = 4 * width * width + 2 * width * s["vision_intermediate"]
+    per_frame = (
+        p * 3 * s["patch"] ** 2 * width  # Conv2d patch embedding
+        + s["vision_depth"] * (p * per_token_layer + 2 * width * p * p)  # encoder layers
+        + p * (width * s["hidden"] + s["hidden"] * s["hidden"])  # projector, before pooling
+    )
+    if s.get("vision_head"):  # attention-pooling head: one probe query; k, v over all patches; MLP on one token
+        per_frame += (2 + 2 * p) * width * width + 2 * width * p + 2 * width * s["vision_intermediate"]
+    return frames * per_frame
+
+
+def vision_flops(config, grids: Grid | Sequence[Grid]) -> float:
+    """FLOPs of the vision encoder and projector on one or more videos, given their patch grids ``(t, h, w)``.
+
+    Args:
+        config: a ``transformers`` config or a ``model_shape`` dict.
+        grids: one grid or a list of grids (a ``video_grid_thw`` tensor works too); see :func:`patch_grid`.
+    """
+    s = _shape(config)
+    if hasattr(grids, "tolist"):
+        grids = grids.tolist()
+    if len(grids) and not hasattr(grids[0], "__len__"):  # a single (t, h, w)
+        grids = [grids]
+    count = _siglip_vision_macs if s["vision_kind"] == "siglip" else _qwen_vision_macs
+    return 2.0 * sum(count(s, grid) for grid in grids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole prefill and overheads
+
+
+def exact_prefill_flops(
+    config,
+    tokens_per_layer: int | Sequence[int],
+    *,
+    video_grid: Grid | Sequence[Grid] | None = None,
+    overhead: float = 0.0,
+    causal: bool = True,
+    logits_to_keep: int = 1,
+) -> PrefillFlops:
+    """Exact FLOPs of one prefill: decoder (+ ``lm_head``), vision encoder and the caller's selection overhead.
+
+    Args:
+        config: a ``transformers`` config (e.g. ``model.config`` or :func:`~tokpress.eval.archs.arch_config`) or a
+            :func:`~tokpress.eval.archs.model_shape` dict.
+        tokens_per_layer: sequence tokens each decoder layer processes (one sample), e.g.
+            ``model.tokpress.last.tokens_per_layer[b]``; an int for an uncompressed prefill.
+        video_grid: patch grid ``(t, h, w)`` of the video(s) the vision encoder ran on (``video_grid_thw`` rows for
+            Qwen; ``(frames, 27, 27)`` for LLaVA-OneVision at 384 px; see :func:`patch_grid`). ``None``: no vision.
+        overhead: FLOPs of the compression itself (see :func:`cosine_overhead` and friends).
+        causal: count the causal lower triangle of the decoder attention (default; what FlashAttention executes)
+            or the full square (eager / masked SDPA).
+        logits_to_keep: ``lm_head`` positions, 1 as in ``generate()``; 0 for all.
+    """
+    s = _shape(config)
+    layers, lm_head = llm_prefill_flops(s, tokens_per_layer, causal=causal, logits_to_keep=logits_to_keep)
+    vision = vision_flops(s, video_grid) if video_grid is not None else 0.0
+    return PrefillFlops(
+        llm=sum(layers) + lm_head,
+        vision=vision,
+        overhead=float(overhead),
+        lm_head=lm_head,
+        llm_layers=tuple(layers),
+    )
+
+
+def cosine_overhead(n: int, d: int, m: int | None = None) -> float:
+    """FLOPs of a cosine-similarity matrix between ``n`` and ``m`` vectors of width ``d`` (``m=None``: ``n`` with
+    themselves).
+
+    ``2*n*m*d`` for the Gram matrix plus ``3*d`` per vector normalised (square, sum, divide).
+    """
+    if m is None:
+        return 2.0 * n * n * d + 3.0 * n * d
+    return 2.0 * n * m * d + 3.0 * (n + m) * d
+
+
+def cdist_overhead(n: int, d: int, m: int | None = None) -> float:
+    """FLOPs of a Euclidean distance matrix between ``n`` and ``m`` vectors of width ``d`` (``m=None``: ``m = n``).
+
+    As ``torch.cdist`` computes it for large inputs: ``|a|^2 + |b|^2 - 2 a.b`` -- ``2*n*m*d`` for the products,
+    ``2*d`` per squared norm, and 3 per pair (two adds, the square root).
+    """
+    m = n if m is None else m
+    return 2.0 * n * m * d + 2.0 * (n + m) * d + 3.0 * n * m
+
+
+def last_query_attention_overhead(config, n_keys: int, layers: int = 1) -> float:
+    """FLOPs of recomputing the last token's attention over ``n_keys`` cached keys at ``layers`` decoder layers.
+
+    What FastV-style inner policies do without eager attention (DESIGN.md, hook 4): ``q_proj`` on one position
+    (``d * h*hd`` MACs) and one row of scores (``h*hd*n_keys`` MACs); the softmax is negligible.
+    """
+    s = _shape(config)
+    q_width = s["heads"] * s["head_dim"]
+    return 2.0 * layers * (s["hidden"] * q_width + q_width * n_keys)
