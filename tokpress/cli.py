@@ -144,6 +144,89 @@ def bench(
     console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
 
 
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(
+        None,
+        help="A checkpoint (local path or cached hub id); 'tiny': the built-in random-weight model. "
+        "Default: the shipped synth model, else the built-in one.",
+    ),
+    benchmark: str = typer.Option("synth", help="'synth' (generated test split) or a local dataset folder."),
+    methods: str = typer.Option(
+        ",".join(__import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_METHODS),
+        help="Comma-separated: none, methods, or outer+inner specs (the uncompressed model always runs).",
+    ),
+    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios."),
+    n: int = typer.Option(
+        __import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_N,
+        help="synth: videos of the test split; a local dataset: its first n questions (0: all).",
+    ),
+    seed: int = typer.Option(0, help="Seed of the bootstrap (and of the random method)."),
+    batch: int = typer.Option(1, help="Samples per forward."),
+    answer_format: str = typer.Option("word", help="Score the option 'word's or their 'letter's."),
+    scoring: str = typer.Option("logits", help="'logits' (option log-likelihoods) or 'generate' (greedy, matched)."),
+    normalize: str = typer.Option("mean", help="Option log-likelihood: 'mean' per token or 'sum'."),
+    frames: int = typer.Option(None, help="Local datasets: frames sampled per video (default: the annotation's)."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples of the confidence intervals."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
+    attn: str = typer.Option("sdpa", help="sdpa, flash_attention_2 or eager."),
+    out: str = typer.Option("tokpress-eval", help="Output folder (results.json/csv, report.md, PNG plots)."),
+) -> None:
+    """Accuracy of methods x retain ratios on a video-QA benchmark, with CIs, McNemar, agreement, FLOPs and TTFT."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tokpress.errors import ConfigError
+    from tokpress.eval.accuracy import (
+        RANDOM_WEIGHTS_NOTE,
+        EvalConfig,
+        eval_plan,
+        evaluate,
+        load_benchmark,
+        make_eval_workload,
+    )
+    from tokpress.eval.eval_report import print_eval_table
+    from tokpress.eval.methods import parse_list
+
+    try:
+        ratio_values = tuple(float(r) for r in parse_list(ratios))
+    except ValueError:
+        raise ConfigError(f"--ratios must be comma-separated numbers in (0, 1], got {ratios!r}") from None
+    config = EvalConfig(
+        model=model,
+        benchmark=benchmark,
+        methods=tuple(parse_list(methods)),
+        ratios=ratio_values,
+        n=n or None,
+        seed=seed,
+        batch=batch,
+        answer_format=answer_format,
+        scoring=scoring,
+        normalize=normalize,
+        frames=frames,
+        n_boot=n_boot,
+        device=device,
+        dtype=dtype,
+        attn=attn,
+    )
+    config.validate()  # fail early, naming the bad option
+    work = make_eval_workload(config)
+    total = len(eval_plan(config)) * len(load_benchmark(config))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("eval", total=total)
+        records, paths = evaluate(
+            config,
+            out,
+            work=work,
+            progress=lambda label, done: bar.update(task, advance=done, description=label),
+        )
+    if work.random_weights:
+        console.print(f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow]")
+    print_eval_table(records, console, title=f"tokpress eval — {work.name}, {config.benchmark}")
+    console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
+
+
 @app.command()
 def methods() -> None:
     """List the methods (presets) and policies."""
