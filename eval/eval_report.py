@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tokpress.eval.report import DASH, ENV_FIELDS, _fixed, _flatten, _jsonable, _md_row, _num, _ratio_key, _si
+from tokpress.eval.report import DASH, _fixed, _flatten, _jsonable, _md_row, _num, _ratio_key, _si, environment_lines
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +151,8 @@ def render_markdown(
     """The text of ``report.md``: notes, environment, the accuracy-vs-cost table, the per-task table, the rules."""
     lines = ["# tokpress eval", ""]
     lines += [f"> **Note.** {note}" for note in notes] + ([""] if notes else [])
-    lines += [f"Command: `{command}`", "", "## Environment", "", "| | |", "|---|---|"]
-    used: set[str] = set()
-    for label, keys in ENV_FIELDS:
-        value = next((environment[k] for k in keys if environment.get(k) not in (None, "")), DASH)
-        used.update(keys)
-        lines.append(_md_row([label, value]))
-    lines += [_md_row([k, v]) for k, v in environment.items() if k not in used]
-    device = str(environment.get("device", "")).lower()
-    if not device or "cpu" in device:
-        lines += ["", "> TTFT comes from a CPU: compare rows of this run as ratios; absolute times need a GPU."]
+    lines += [f"Command: `{command}`", ""]
+    lines += environment_lines(environment, "TTFT comes from")
 
     tasks = tasks_of(records)
     wide = 1 < len(tasks) <= MAX_TASK_COLUMNS

@@ -270,10 +270,10 @@ MD_COLUMNS = (
 )
 
 
-def render_markdown(records: Sequence[dict[str, Any]], environment: dict[str, Any], command: str) -> str:
-    """The text of ``report.md``: an environment table, then one results table per model."""
-    lines = ["# tokpress bench", "", f"Command: `{command}`", "", "## Environment", "", "| | |", "|---|---|"]
-    used = set()
+def environment_lines(environment: dict[str, Any], cpu_prefix: str) -> list[str]:
+    """The ``## Environment`` section: known fields first, then the rest; a caveat when timed on a CPU."""
+    lines = ["## Environment", "", "| | |", "|---|---|"]
+    used: set[str] = set()
     for label, keys in ENV_FIELDS:
         value = next((environment[k] for k in keys if environment.get(k) not in (None, "")), DASH)
         used.update(keys)
@@ -281,7 +281,14 @@ def render_markdown(records: Sequence[dict[str, Any]], environment: dict[str, An
     lines += [_md_row([k, v]) for k, v in environment.items() if k not in used]
     device = str(environment.get("device", "")).lower()
     if not device or "cpu" in device:
-        lines += ["", "> Timings come from a CPU: compare rows of this run as ratios; absolute times need a GPU."]
+        lines += ["", f"> {cpu_prefix} a CPU: compare rows of this run as ratios; absolute times need a GPU."]
+    return lines
+
+
+def render_markdown(records: Sequence[dict[str, Any]], environment: dict[str, Any], command: str) -> str:
+    """The text of ``report.md``: an environment table, then one results table per model."""
+    lines = ["# tokpress bench", "", f"Command: `{command}`", ""]
+    lines += environment_lines(environment, "Timings come from")
     derived = derive(records)
     for model, idx in _ordered(records).items():
         lines += ["", f"## {model or 'model'}", "", _md_row(MD_COLUMNS), _md_row(["---"] * len(MD_COLUMNS))]

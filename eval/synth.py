@@ -66,13 +66,13 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from tokpress.errors import ConfigError, InputError
+from tokpress.eval.video import write_video
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,6 @@ SPLIT_SEED_BASE: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_0
 SPLIT_SEED_SPAN = 1_000_000_000
 ANNOTATION_FILE = "annotations.jsonl"
 INFO_FILE = "info.json"
-_VIDEO_CODECS = ("libx264", "h264", "libopenh264", "mpeg4")
 
 
 @dataclass(frozen=True)
@@ -499,32 +498,6 @@ def make_split(
     return out
 
 
-def _write_mp4(frames: np.ndarray, path: Path, fps: float, codec: str | None, crf: int) -> str:
-    """Encode ``[T, H, W, 3]`` uint8 frames to ``path`` with PyAV (yuv420p); returns the codec used."""
-    import av
-
-    rate = Fraction(fps).limit_denominator(1001)
-    height, width = frames.shape[1:3]
-    last: Exception | None = None
-    for name in (codec,) if codec else _VIDEO_CODECS:
-        try:
-            with av.open(str(path), mode="w") as container:
-                stream = container.add_stream(name, rate=rate)
-                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                if name == "libx264":
-                    stream.options = {"crf": str(crf), "preset": "medium"}
-                else:
-                    stream.bit_rate = max(2_000_000, int(width * height * float(rate) * 4))
-                for frame in frames:
-                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-                container.mux(stream.encode())
-            return name
-        except Exception as exc:  # encoder missing from this FFmpeg build: try the next one
-            last = exc
-            path.unlink(missing_ok=True)
-    raise InputError(f"cannot encode {path} with {codec or _VIDEO_CODECS}: {last}") from last
-
-
 def export_split(
     samples: Sequence[Sample],
     out_dir: str | Path,
@@ -555,7 +528,7 @@ def export_split(
     for s in samples:
         rel = f"videos/{s.video_id}.mp4"
         if s.video_id not in written:
-            codecs.add(_write_mp4(s.frames, out / rel, fps, codec, crf))
+            codecs.add(write_video(s.frames, out / rel, fps, codec=codec, crf=crf))
             written[s.video_id] = s.frames
         elif written[s.video_id] is not s.frames and not np.array_equal(written[s.video_id], s.frames):
             raise InputError(f"two samples named {s.video_id} have different frames (mixed configs?); export apart")
