@@ -38,8 +38,11 @@ def _baseline(records: Sequence[dict[str, Any]], idx: list[int], field: str) -> 
 
 def _method_colors(records: Sequence[dict[str, Any]]) -> dict[str, str]:
     """One colour per compression method, the same in every panel and figure."""
+    from matplotlib import colormaps
+
     methods = dict.fromkeys(str(r.get("method")) for r in records if r.get("method") not in ("none", "oracle"))
-    return {m: f"C{i % 10}" for i, m in enumerate(methods)} | {"oracle": "black"}
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)} | {"oracle": "black"}
 
 
 def _line_panel(ax: Any, records: Sequence[dict[str, Any]], idx: list[int], field: str, ylabel: str, title: str):
