@@ -1,0 +1,84 @@
+"""Every method of the library under the generation features users hit: a static cache, a second generate() on
+the same cache, and accelerate-dispatched weights — not only the baselines of test_generation.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_invariants import CACHE_CHANGES_SEMANTICS, GEN, METHODS, RATIO, _apply, _replay
+
+import tokpress
+from conftest import batch_inputs
+from tokpress.errors import InputError
+from tokpress.eval import tiny
+
+FAMILIES = ("qwen2_5_vl", "llava_onevision")
+CASES = [(f, m) for f in FAMILIES for m in METHODS]
+IDS = [f"{f}-{m}" for f, m in CASES]
+
+
+def _logits(out) -> torch.Tensor:
+    return torch.stack(out.logits, 1)
+
+
+@pytest.mark.parametrize("family,method", CASES, ids=IDS)
+def test_static_cache(get_model, family, method):
+    model = get_model(family)
+    inputs = batch_inputs(family)
+    _apply(model, method)
+    kwargs = dict(GEN, return_dict_in_generate=True, output_logits=True)
+    if model.tokpress.inner and model.tokpress.inner[0].prune_earlier_kv:
+        with pytest.raises(InputError, match="DynamicCache"):
+            model.generate(**inputs, cache_implementation="static", **kwargs)
+        return
+    dynamic = model.generate(**inputs, **kwargs)
+    static = model.generate(**inputs, cache_implementation="static", **kwargs)
+    assert torch.equal(static.sequences, dynamic.sequences)
+    torch.testing.assert_close(_logits(static), _logits(dynamic), rtol=0, atol=1e-5)
+
+
+def _conversation(inputs: dict, ids: torch.Tensor) -> dict:
+    out = {k: v for k, v in inputs.items()}
+    extra = ids.shape[1] - inputs["input_ids"].shape[1]
+    out["input_ids"] = ids
+    out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(ids.shape[0], extra, dtype=torch.long)], 1)
+    if "mm_token_type_ids" in inputs:
+        pad = torch.zeros(ids.shape[0], extra, dtype=torch.long)
+        out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], 1)
+    return out
+
+
+@pytest.mark.parametrize("family,method", CASES, ids=IDS)
+def test_second_generate_on_the_same_cache(get_model, family, method):
+    model = get_model(family)
+    inputs = tiny.make_inputs(family)
+    _apply(model, method)
+    kwargs = dict(GEN, max_new_tokens=3, return_dict_in_generate=True, output_logits=True)
+    first = model.generate(**inputs, **kwargs)
+    last = model.tokpress.last
+    turn2 = _conversation(inputs, torch.cat([first.sequences, torch.tensor([[11, 12, 13, 14]])], 1))
+    follow = {k: v for k, v in turn2.items() if not k.startswith("pixel_values")}
+    second = model.generate(**follow, past_key_values=first.past_key_values, **kwargs)
+    assert second.sequences.shape[1] == turn2["input_ids"].shape[1] + 3
+    assert torch.isfinite(_logits(second)).all()
+    if method in CACHE_CHANGES_SEMANTICS:
+        return  # decode-time masking / earlier-KV cuts: no no-cache equivalent (see test_invariants.py)
+    _replay(model, last)
+    whole = _conversation(inputs, second.sequences[:, :-1])
+    recomputed = model(**whole, use_cache=False).logits[:, -3:]
+    torch.testing.assert_close(recomputed, _logits(second), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,method", CASES, ids=IDS)
+def test_accelerate_offloaded_decoder(family, method):
+    from accelerate import cpu_offload
+
+    model = tiny.tiny_model(family)
+    inputs = batch_inputs(family)
+    tokpress.apply(model, retain_ratio=RATIO, **METHODS[method])
+    kwargs = dict(GEN, return_dict_in_generate=True, output_logits=True)
+    expected = model.generate(**inputs, **kwargs)
+    cpu_offload(model.model.language_model, execution_device=torch.device("cpu"))
+    got = model.generate(**inputs, **kwargs)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(_logits(got), _logits(expected), rtol=0, atol=1e-5)
