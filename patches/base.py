@@ -96,6 +96,10 @@ class Adapter:
         """Turn ``[R, B, q]`` rotary rows into the ``position_ids`` the base model's forward accepts."""
         return rows[0] if self.rope_rows == 1 else rows
 
+    @property
+    def supports_vision_attention(self) -> bool:
+        return type(self).install_vision_capture is not Adapter.install_vision_capture
+
     def install_vision_capture(self, active, sink) -> list:
         """Register hooks that, while ``active()``, pass ``sink`` the vision attention ``[tokens]`` of each video
         encoding call, in LLM token order. Families without one raise :class:`UnsupportedModelError`."""

@@ -147,3 +147,16 @@ def test_qwen_without_mm_token_type_ids_is_a_clear_input_error(get_model):
     tokpress.apply(model, outer="uniform", retain_ratio=0.5)
     with pytest.raises(ValueError, match="mm_token_type_ids"):
         model(**inputs)
+
+
+def test_vision_attention_policy_on_a_family_without_it_fails_before_touching(get_model, monkeypatch):
+    from tokpress.patches.base import Adapter
+    from tokpress.patches.qwen2_vl import Qwen2VLAdapter
+
+    model = get_model("qwen2_vl")
+    monkeypatch.setattr(Qwen2VLAdapter, "install_vision_capture", Adapter.install_vision_capture)
+    hooks = _hooks(model)
+    with pytest.raises(UnsupportedModelError, match="vision-encoder attention"):
+        tokpress.apply(model, outer="visionzip", retain_ratio=0.5)
+    assert _hooks(model) == hooks and not hasattr(model, "tokpress")
+    assert "get_video_features" not in model.model.__dict__

@@ -103,6 +103,9 @@ def apply(
             "windows; use an outer policy only"
         )
     engine = Engine(model, adapter, cfg)
+    if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
+        raise UnsupportedModelError(f"outer policy {cfg.outer.policy!r} needs vision-encoder attention, which the "
+                                    f"{adapter.family} adapter cannot supply; choose a policy that does not need it")
     remove(model)
     engine.install()
     model.tokpress = engine
