@@ -1,0 +1,1019 @@
+"""Train a small real ``Qwen2_5_VLForConditionalGeneration`` from scratch on the synth video-QA generator.
+
+Run as ``python -m tokpress.eval.train_synth --out DIR [--steps N] [--batch B] [--device cuda|cpu] ...``. ``DIR``
+becomes a Hugging Face checkpoint directory (``config.json``, ``generation_config.json``, ``model.safetensors``,
+``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, ``chat_template.jinja``) that
+``AutoModelForImageTextToText.from_pretrained(DIR)`` and ``AutoProcessor.from_pretrained(DIR)`` load offline, plus
+``curve.jsonl`` (the training curve), ``training_args.json`` and a ``README.md`` (command, seed, steps, time, final
+per-task accuracy). The training state for ``--resume`` (weights, AdamW moments, step, curriculum) lives beside it
+in ``DIR.state/`` and is not part of the checkpoint.
+
+Reproduce the shipped model on one GPU (each call stops cleanly after ``--time-limit`` seconds of training,
+saves its state, and the same command continues from it; ``out/`` is git-ignored, so the state survives between
+calls on a warm machine; ``--steps`` fixes the cosine schedule, so keep it the same across calls)::
+
+    python -m tokpress.eval.train_synth --out out/tokpress-synth-qwen2.5-vl --device cuda --steps 8000 \
+        --batch 64 --lr 1e-3 --token-drop 0.3 --drop-start 2000 --eval-every 500 --val-n 250 --val-ratios 0.25 \
+        --test-n 1000 --workers 12 --time-limit 480 --resume
+    # repeat until the README says "status: finished"; then copy out/tokpress-synth-qwen2.5-vl (not the sibling
+    # .state directory) to eval/models/tokpress-synth-qwen2.5-vl, where ``tokpress eval`` looks for it
+
+On CPU (2 cores) one step of the default size at batch 32 (about 58 question rows of about 300 tokens) takes
+about 3.3 s with the data built in one worker process (3.6-4.5 s fwd+bwd+AdamW alone on 2 threads, plus 0.37 s to
+render and encode the 32 videos inline), so the CPU is for smoke runs, not for the shipped model.
+
+Design decisions (see ``/work/shared/reference/synthetic-training.md`` for the trial that motivated them):
+
+**Model.** ``synth_model_config`` builds a real ``Qwen2_5_VLConfig``: vision tower 2 blocks x 96 wide (4 heads,
+window 112 px = one frame, block 1 full attention), text model 4 layers x 192 (4 heads, head dim 48, MLP 768),
+``tie_word_embeddings=False``; about 3.1 M parameters, 12.5 MB in fp32. 16 frames of 112x112 make a
+``[8, 8, 8]`` patch grid and **128 video tokens**. The vocabulary is the 256-id character tokenizer of
+:mod:`tokpress.eval.tiny_processor` (``<|im_end|>`` = 2 is the end-of-turn / eos token, pad = 0), unchanged, so
+the processor is exactly ``tiny_processor("qwen2_5_vl")`` and is saved with ``save_pretrained``.
+
+**RoPE.** Tiny head dims need small RoPE bases, or the height/width sections of M-RoPE (its lowest frequencies)
+rotate by almost nothing across a 4x4 grid: text ``rope_theta=5`` with ``mrope_section=[6, 9, 9]`` (sums to
+head_dim / 2), vision ``rope_theta=100``. **tokens_per_second = 12**: the processor, called without video
+metadata as ``tokpress eval`` calls it, reports ``second_per_grid_ts = 2 / 24`` s, and Qwen2.5-VL's temporal
+position is ``int(t * tokens_per_second * second_per_grid_ts)``; with 12 the 8 temporal grids get positions
+0..7 (with the usual 1 or 2 they would all collapse onto 0 and the LLM would get no temporal position at all).
+
+**Prompt and answer, exactly as** :mod:`tokpress.eval.accuracy` **scores them.** Each row is
+``chat_prompt(processor, format_prompt(question, options, "word"))`` (ChatML user turn: video placeholder, the
+question, ``Options: a, b, c, d.``, the one-word instruction; then the assistant generation prompt) followed by
+the answer *word* and ``<|im_end|>``. The loss is cross-entropy on the answer tokens only (word characters + end of
+turn), averaged per row, then over rows. Eval scores every option by the mean log-likelihood of the same tokens,
+so the training target is the scoring rule. Words, not A-D letters: letters stalled at chance in the trial.
+
+**Several questions per video, one vision pass.** Each training video comes from
+``make_split("train", 1, tasks=[task], offset=i, all_questions=True)`` (train seeds, never val/test), so it carries
+all its questions (1-3: start/end colour, needle shape/colour, one per quadrant visited). The vision tower runs
+once per video; its 128 features are scattered into one row per question. Every row is the exact single-question
+eval prompt (no multi-turn packing), so there is no train/eval format gap.
+
+**Task mix (curriculum).** Each video's task is drawn per block of ``--eval-every`` steps; with
+``--task-mix adaptive`` (default) the weights are half uniform, half proportional to each task's validation error
+at the start of the block (error floored at 0.05), so tasks still at chance get more videos and learned ones are
+kept. Optionally ``--easy-until S`` renders a linearly shrinking share of the videos (100 % at step 0, 0 % at S)
+without distractors and texture. Weights are decided only at eval boundaries, so the data of a step depends on
+the seed and the step, never on worker count, prefetch or timing.
+
+**Video-token drop augmentation (equivalent on the inputs, not through the tokpress hooks).** From step
+``--drop-start`` on, each row is, with probability ``--token-drop``, given a random keep ratio
+``r ~ U[--min-keep, 1)`` and keeps ``round(r * 128)`` of its video tokens, chosen by one of ``--drop-patterns``:
+``random`` (a uniform subset: what ``tokpress.apply(model, outer="random")`` keeps), ``frames`` (whole temporal
+grids) or ``cells`` (the same spatial cells in every temporal grid). The drop is applied the way tokpress's outer
+stage applies it: the kept rows of ``inputs_embeds`` and of the 3-row M-RoPE ``position_ids`` are gathered, so
+kept tokens keep their original positions, and the sequence is shortened (the LLM never sees the dropped tokens).
+It is done in this script's forward rather than through ``tokpress.apply`` because the augmentation needs a
+different ratio and subset per row inside one batch (a tokpress patch has one ratio and re-seeds its ``random``
+policy identically for every video), and because tokpress's hooks are written for inference.
+``tests/test_train_synth.py`` checks that this path gives the same logits as ``model(...)`` unpatched and as the
+model patched with ``tokpress.apply(outer="random")`` for the same kept set.
+
+**Validation and selection.** Every ``--eval-every`` steps the model scores ``--val-n`` videos of the val split (one
+question each, tasks in turn, as ``tokpress eval`` draws the test split) with :func:`tokpress.eval.accuracy.prepare`
+and :func:`~tokpress.eval.accuracy.option_logprobs` (mean log-likelihood, the eval default), optionally also under
+``tokpress.apply(outer="random")`` at ``--val-ratios``. The checkpoint with the best mean per-task accuracy (ties:
+the later one) is saved. At the end the best checkpoint is scored on ``--test-n`` test videos (the split
+``tokpress eval`` uses) and the README records it.
+
+**Optimiser.** AdamW (β = 0.9 / 0.98, weight decay 0.05 on matrices only), gradient clipping at 1.0, linear warmup
+then cosine decay to 10 % of ``--lr``. TF32 matmuls on CUDA; ``--bf16`` autocast optional.
+
+**Determinism.** The model is initialised under ``torch.manual_seed(seed)``; batch ``s`` is a pure function of
+``(seed, s, block weights)`` (tasks, train offsets, drop subsets from ``numpy`` seed sequences) and is built in
+worker processes or inline with identical results. On CPU two runs with the same arguments give identical curves
+and weights; resuming at a saved state continues the same run.
+
+**Not done here** (left for a CPU-only route): auxiliary targets through the vision tower, per-task difficulty
+schedules beyond ``--easy-until``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokpress.config import budget
+from tokpress.errors import ConfigError
+from tokpress.eval.synth import TASKS, SynthConfig, make_split
+
+logger = logging.getLogger(__name__)
+
+#: Video-token drop patterns of the augmentation (see the module doc).
+DROP_PATTERNS = ("random", "frames", "cells")
+CURVE_FILE = "curve.jsonl"
+ARGS_FILE = "training_args.json"
+STATE_FILE = "state.pt"
+FAMILY = "qwen2_5_vl"
+
+
+# ------------------------------------------------------------------------------------------------------ config
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Widths and depths of the model (defaults: the ~3.1 M-parameter synth model)."""
+
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 768
+    vision_hidden: int = 96
+    vision_depth: int = 2
+    vision_heads: int = 4
+    vision_intermediate: int = 384
+    rope_theta: float = 5.0
+    vision_rope_theta: float = 100.0
+    tokens_per_second: int = 12
+
+
+#: A few-thousand-parameter size for smoke tests.
+MICRO = ModelSize(
+    text_hidden=32,
+    text_layers=2,
+    text_heads=2,
+    text_intermediate=64,
+    vision_hidden=32,
+    vision_depth=2,
+    vision_heads=2,
+    vision_intermediate=64,
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on (the command line's options)."""
+
+    out: str = "out/tokpress-synth-qwen2.5-vl"
+    steps: int = 6000
+    batch: int = 32  # videos per step (each carries 1-3 question rows)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 200
+    weight_decay: float = 0.05
+    clip: float = 1.0
+    seed: int = 0
+    device: str | None = None  # None: cuda if available, else cpu
+    bf16: bool = False
+    attn: str = "sdpa"
+    threads: int | None = None  # torch CPU threads (None: leave as is)
+    workers: int | None = None  # data worker processes (None: by CPU count; 0: inline)
+    prefetch: int = 4  # batches in flight per worker
+    token_drop: float = 0.3  # probability that a row has video tokens dropped
+    min_keep: float = 0.1
+    drop_start: int = 0
+    drop_patterns: tuple[str, ...] = DROP_PATTERNS
+    task_mix: str = "adaptive"  # "adaptive" or "uniform"
+    tasks: tuple[str, ...] = TASKS
+    easy_until: int = 0
+    eval_every: int = 250
+    log_every: int = 25
+    val_n: int = 250  # val videos (one question each, tasks in turn)
+    val_ratios: tuple[float, ...] = ()  # extra val runs under tokpress outer="random" at these keep ratios
+    eval_batch: int = 16
+    test_n: int = 1000  # test videos scored with the best checkpoint at the end (0: skip)
+    time_limit: float | None = None  # seconds of this call; stop cleanly (state saved) after this
+    resume: bool = False
+    size: ModelSize = field(default_factory=ModelSize)
+    command: str = ""
+
+    def validate(self) -> None:
+        """Raise :class:`~tokpress.errors.ConfigError` naming the bad option."""
+        if self.steps < 1 or self.batch < 1 or self.eval_every < 1 or self.log_every < 1:
+            raise ConfigError("steps, batch, eval_every and log_every must be >= 1")
+        if not 0 <= self.token_drop <= 1 or not 0 < self.min_keep <= 1:
+            raise ConfigError(
+                f"need 0 <= token_drop <= 1 and 0 < min_keep <= 1, got {self.token_drop}, {self.min_keep}"
+            )
+        if not self.drop_patterns or any(p not in DROP_PATTERNS for p in self.drop_patterns):
+            raise ConfigError(f"drop_patterns must be a non-empty subset of {DROP_PATTERNS}, got {self.drop_patterns}")
+        if self.task_mix not in ("adaptive", "uniform"):
+            raise ConfigError(f"task_mix must be 'adaptive' or 'uniform', got {self.task_mix!r}")
+        if not self.tasks or any(t not in TASKS for t in self.tasks):
+            raise ConfigError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if self.val_n < len(self.tasks):
+            raise ConfigError(f"val_n must be >= the number of tasks ({len(self.tasks)}), got {self.val_n}")
+        if any(not 0 < r < 1 for r in self.val_ratios):
+            raise ConfigError(f"val_ratios must be in (0, 1), got {self.val_ratios}")
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Temporal / height / width frequency counts summing to ``head_dim // 2`` (48 -> [6, 9, 9])."""
+    half = head_dim // 2
+    t = max(1, half // 4)
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def synth_model_config(size: ModelSize = ModelSize()) -> Any:
+    """The ``Qwen2_5_VLConfig`` of the synth model (token ids of :mod:`tokpress.eval.tiny_processor`)."""
+    from transformers import Qwen2_5_VLConfig
+
+    from tokpress.eval.tiny import IMAGE_ID, PAD_ID, VIDEO_ID, VISION_END_ID, VISION_START_ID, VOCAB
+    from tokpress.eval.tiny_processor import IM_END_ID, IM_START_ID
+
+    if size.text_hidden % size.text_heads or (size.text_hidden // size.text_heads) % 2:
+        raise ConfigError("text_hidden / text_heads must be an even head dim")
+    if size.vision_hidden % size.vision_heads or (size.vision_hidden // size.vision_heads) % 4:
+        raise ConfigError("vision_hidden / vision_heads must be a head dim divisible by 4 (axial RoPE)")
+    head_dim = size.text_hidden // size.text_heads
+    text = dict(
+        vocab_size=VOCAB,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.text_heads,
+        num_key_value_heads=size.text_heads,
+        max_position_embeddings=1024,
+        pad_token_id=PAD_ID,
+        bos_token_id=IM_START_ID,
+        eos_token_id=IM_END_ID,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": size.rope_theta,
+            "mrope_section": _mrope_section(head_dim),
+        },
+    )
+    vision = dict(
+        depth=size.vision_depth,
+        hidden_size=size.vision_hidden,
+        num_heads=size.vision_heads,
+        intermediate_size=size.vision_intermediate,
+        in_channels=3,
+        patch_size=14,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        window_size=112,
+        fullatt_block_indexes=[size.vision_depth - 1],
+        out_hidden_size=size.text_hidden,
+        tokens_per_second=size.tokens_per_second,
+        rope_parameters={"rope_type": "axial", "rope_theta": size.vision_rope_theta},
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=IMAGE_ID,
+        video_token_id=VIDEO_ID,
+        vision_start_token_id=VISION_START_ID,
+        vision_end_token_id=VISION_END_ID,
+        tie_word_embeddings=False,
+    )
+
+
+def build_model(size: ModelSize = ModelSize(), *, seed: int = 0, attn: str = "sdpa") -> Any:
+    """A freshly initialised ``Qwen2_5_VLForConditionalGeneration`` (fp32, train mode), seeded."""
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(synth_model_config(size), attn_implementation=attn)
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = model.config.text_config.eos_token_id, 0, None
+    return model.train()
+
+
+def build_processor() -> Any:
+    """The model's processor: ``tiny_processor("qwen2_5_vl")`` (256-id character tokenizer, 112x112 frames)."""
+    from tokpress.eval.tiny_processor import tiny_processor
+
+    return tiny_processor(FAMILY)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What batch ``step`` holds: one ``(task, train offset, easy)`` per video, and how to drop tokens."""
+
+    step: int
+    seed: int
+    videos: tuple[tuple[str, int, bool], ...]
+    drop: float  # probability that a row drops video tokens (0 before ``drop_start``)
+    min_keep: float
+    drop_patterns: tuple[str, ...]
+
+
+_PROCESSOR: Any = None
+
+
+def _processor() -> Any:
+    """A per-process processor (built once; workers build their own)."""
+    global _PROCESSOR
+    if _PROCESSOR is None:
+        _PROCESSOR = build_processor()
+    return _PROCESSOR
+
+
+def encode_rows(processor: Any, frames: np.ndarray, samples: Sequence[Any]) -> tuple[dict[str, torch.Tensor], list]:
+    """The video's processor tensors and, per sample, ``(prompt ids + answer ids, answer start)``.
+
+    The prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
+    ``<|video_pad|>`` placeholder expanded to the video's token count); the answer is the option word plus the
+    tokenizer's end-of-turn token, as :func:`tokpress.eval.accuracy.encode_answers` encodes it for scoring.
+    """
+    from tokpress.eval.accuracy import chat_prompt, encode_answers, format_prompt
+
+    video = processor.video_processor(videos=[frames], return_tensors="pt")
+    grid = video["video_grid_thw"]
+    n_tokens = int(grid.prod()) // processor.video_processor.merge_size**2
+    pad = processor.video_token
+    rows = []
+    for s in samples:
+        text = chat_prompt(processor, format_prompt(s.question, s.options, "word"))
+        prompt = processor.tokenizer(text.replace(pad, pad * n_tokens), add_special_tokens=False)["input_ids"]
+        (answer,) = encode_answers(processor.tokenizer, [s.answer_word], True)
+        rows.append((list(prompt) + answer, len(prompt)))
+    return {"pixel_values_videos": video["pixel_values_videos"], "video_grid_thw": grid}, rows
+
+
+def _keep_video(rng: np.random.Generator, spec: BatchSpec, grid: tuple[int, int, int]) -> np.ndarray | None:
+    """Indices (sorted) of the video tokens a row keeps, or None to keep all."""
+    if spec.drop <= 0 or rng.random() >= spec.drop:
+        return None
+    t, h, w = grid
+    n = t * h * w
+    ratio = float(rng.uniform(spec.min_keep, 1.0))
+    pattern = spec.drop_patterns[int(rng.integers(len(spec.drop_patterns)))]
+    if pattern == "frames":
+        frames = np.sort(rng.choice(t, size=budget(ratio, t), replace=False))
+        keep = (frames[:, None] * h * w + np.arange(h * w)[None]).ravel()
+    elif pattern == "cells":
+        cells = np.sort(rng.choice(h * w, size=budget(ratio, h * w), replace=False))
+        keep = (np.arange(t)[:, None] * h * w + cells[None]).ravel()
+    else:
+        keep = np.sort(rng.choice(n, size=budget(ratio, n), replace=False))
+    return keep
+
+
+def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str, torch.Tensor]:
+    """Render and encode batch ``spec`` (runs in a worker process or inline; a pure function of ``spec``).
+
+    Returns CPU tensors: ``pixel_values_videos`` [V * patches, 1176], ``video_grid_thw`` [V, 3],
+    ``second_per_grid_ts`` [V], ``input_ids`` [R, L] (right-padded with 0), ``lengths`` [R], ``answer_start`` [R],
+    ``row_video`` [R], ``row_task`` [R] (index into :data:`TASKS`) and ``keep`` [R, L] (True: the row keeps this
+    token; False: padding or a dropped video token).
+    """
+    from tokpress.eval.tiny import PAD_ID, VIDEO_ID
+
+    processor = _processor()
+    base = config or SynthConfig()
+    easy_config = dataclasses.replace(base, distractors=0, texture=False)
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.step, 7]))
+    pixels, grids, rows = [], [], []
+    for v, (task, offset, easy) in enumerate(spec.videos):
+        samples = make_split(
+            "train", 1, easy_config if easy else base, tasks=[task], offset=offset, all_questions=True
+        )
+        video, encoded = encode_rows(processor, samples[0].frames, samples)
+        pixels.append(video["pixel_values_videos"])
+        grids.append(video["video_grid_thw"][0])
+        for ids, start in encoded:
+            rows.append((ids, start, v, TASKS.index(task)))
+    width = max(len(ids) for ids, *_ in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    keep = torch.zeros((len(rows), width), dtype=torch.bool)
+    for r, (ids, _, v, _) in enumerate(rows):
+        row = torch.tensor(ids, dtype=torch.long)
+        input_ids[r, : len(ids)] = row
+        keep[r, : len(ids)] = True
+        grid = tuple(int(x) for x in grids[v])
+        merged = (grid[0], grid[1] // 2, grid[2] // 2)
+        kept = _keep_video(rng, spec, merged)
+        if kept is not None:
+            where = (row == VIDEO_ID).nonzero().squeeze(1)
+            dropped = torch.ones(len(where), dtype=torch.bool)
+            dropped[torch.from_numpy(kept)] = False
+            keep[r, where[dropped]] = False
+    return {
+        "pixel_values_videos": torch.cat(pixels),
+        "video_grid_thw": torch.stack(grids),
+        "second_per_grid_ts": torch.full((len(grids),), _seconds_per_grid(processor), dtype=torch.float32),
+        "input_ids": input_ids,
+        "lengths": torch.tensor([len(ids) for ids, *_ in rows]),
+        "answer_start": torch.tensor([start for _, start, _, _ in rows]),
+        "row_video": torch.tensor([v for *_, v, _ in rows]),
+        "row_task": torch.tensor([t for *_, t in rows]),
+        "keep": keep,
+    }
+
+
+def _seconds_per_grid(processor: Any) -> float:
+    """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a video passed without metadata."""
+    if not hasattr(processor, "_synth_spg"):
+        from tokpress.eval.accuracy import chat_prompt
+
+        frames = np.zeros((2, 28, 28, 3), np.uint8)
+        out = processor(text=[chat_prompt(processor, "?")], videos=[frames], return_tensors="pt")
+        processor._synth_spg = float(out["second_per_grid_ts"][0])
+    return processor._synth_spg
+
+
+def _worker_init(_: int | None = None) -> None:
+    torch.set_num_threads(1)
+
+
+class _Specs(torch.utils.data.Dataset):
+    """A block of batch specs as a map-style dataset (one item = one whole batch)."""
+
+    def __init__(self, specs: Sequence[BatchSpec], config: SynthConfig) -> None:
+        self.specs, self.config = list(specs), config
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return build_batch(self.specs[i], self.config)
+
+
+def iterate_batches(specs: Sequence[BatchSpec], config: SynthConfig, workers: int, prefetch: int) -> Iterator:
+    """Batches of ``specs`` in order, built by ``workers`` processes (0: inline)."""
+    if workers <= 0:
+        for spec in specs:
+            yield build_batch(spec, config)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Specs(specs, config),
+        batch_size=None,
+        shuffle=False,
+        num_workers=min(workers, len(specs)),
+        prefetch_factor=prefetch,
+        worker_init_fn=_worker_init,
+    )
+    yield from loader
+
+
+# ----------------------------------------------------------------------------------------------------- forward
+
+
+class RopeCache:
+    """M-RoPE position ids of a row, from the model's own ``get_rope_index``, cached by row layout."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.cache = model, {}
+
+    def positions(self, batch: dict[str, torch.Tensor], video_id: int) -> torch.Tensor:
+        """``[3, R, L]`` position ids of the (right-padded) rows of ``batch`` (padding: 0)."""
+        ids, lengths = batch["input_ids"], batch["lengths"]
+        out = torch.zeros((3, *ids.shape), dtype=torch.long)
+        for r in range(ids.shape[0]):
+            n = int(lengths[r])
+            row = ids[r, :n]
+            is_video = row == video_id
+            first = int(is_video.nonzero()[0, 0])
+            v = int(batch["row_video"][r])
+            grid = batch["video_grid_thw"][v]
+            spg = float(batch["second_per_grid_ts"][v])
+            key = (n, first, int(is_video.sum()), tuple(grid.tolist()), spg)
+            if key not in self.cache:
+                types = is_video.long()[None] * 2
+                pos, _ = self.model.model.get_rope_index(
+                    row[None], types, video_grid_thw=grid[None], second_per_grid_ts=torch.tensor([spg])
+                )
+                self.cache[key] = pos[:, 0]
+            out[:, r, :n] = self.cache[key]
+        return out
+
+
+def forward_rows(
+    model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor, *, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the rows of ``batch`` through the model with one vision pass per video and video tokens dropped.
+
+    Equivalent to ``model(input_ids, attention_mask, mm_token_type_ids, pixel_values_videos, video_grid_thw,
+    second_per_grid_ts)`` per row, except that the tokens where ``keep`` is False are removed before the first
+    decoder layer, kept tokens keeping their original M-RoPE positions (what tokpress's outer stage does).
+
+    Returns:
+        ``hidden`` [R, K, D] (final-norm hidden states of the kept tokens, right-padded), ``index`` [R, K] (the
+        original position of each kept token) and ``valid`` [R, K].
+    """
+    device = next(model.parameters()).device
+    ids = batch["input_ids"].to(device)
+    keep = (batch["keep"] if keep is None else keep).to(device)
+    video_id = model.config.video_token_id
+    embeds = model.get_input_embeddings()(ids)
+    pixels = batch["pixel_values_videos"].to(device, model.model.visual.dtype)
+    grid = batch["video_grid_thw"].to(device)
+    feats = model.model.get_video_features(pixels, grid, return_dict=True).pooler_output
+    row_video = batch["row_video"].tolist()
+    row_feats = torch.cat([feats[v] for v in row_video]).to(embeds.dtype)
+    embeds = embeds.masked_scatter((ids == video_id)[..., None], row_feats)
+    counts = keep.sum(1)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    width = int(counts.max())
+    index = order[:, :width]
+    valid = torch.arange(width, device=device)[None] < counts[:, None]
+    embeds = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
+    pos = positions.to(device).gather(2, index[None].expand(3, -1, -1))
+    out = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=valid.long(), position_ids=pos, use_cache=False
+    )
+    return out.last_hidden_state, index, valid
+
+
+def answer_loss(
+    model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor, *, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over rows of the per-row mean cross-entropy of the answer tokens; also the per-row losses (detached)."""
+    hidden, index, valid = forward_rows(model, batch, positions, keep=keep)
+    device = hidden.device
+    ids = batch["input_ids"].to(device).gather(1, index)
+    cols = index
+    start = batch["answer_start"].to(device)[:, None]
+    length = batch["lengths"].to(device)[:, None]
+    is_answer = (cols >= start) & (cols < length) & valid
+    target = is_answer[:, 1:]  # token j + 1 is predicted from hidden state j
+    logits = model.lm_head(hidden[:, :-1][target]).float()
+    ce = torch.nn.functional.cross_entropy(logits, ids[:, 1:][target], reduction="none")
+    rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(target)[target]
+    per_row = torch.zeros(ids.shape[0], device=device).index_add(0, rows, ce)
+    per_row = per_row / target.sum(1).clamp(min=1)
+    return per_row.mean(), per_row.detach()
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+
+
+def val_samples(n: int, tasks: Sequence[str], config: SynthConfig | None = None, split: str = "val") -> list[Any]:
+    """``n`` videos of ``split`` (one question each, tasks in turn) as :class:`~tokpress.eval.accuracy.EvalSample`."""
+    from tokpress.eval.accuracy import EvalSample
+
+    return [
+        EvalSample(f"{s.video_id}_q0", s.task, s.question, list(s.options), s.answer, frames=s.frames)
+        for s in make_split(split, n, config, tasks)  # type: ignore[arg-type]
+    ]
+
+
+@torch.no_grad()
+def accuracy_by_task(
+    model: Any, processor: Any, prepared: Sequence[Any], *, batch: int = 16, ratio: float = 1.0, seed: int = 0
+) -> dict[str, float]:
+    """Per-task accuracy of option scoring as ``tokpress eval`` does it (mean log-likelihood, word answers).
+
+    ``ratio < 1`` scores under ``tokpress.apply(model, outer="random", retain_ratio=ratio)``. Returns per task and
+    ``"mean"`` (mean of the per-task accuracies).
+    """
+    import tokpress
+    from tokpress.eval.accuracy import choose, option_logprobs
+
+    was_training = model.training
+    model.eval()
+    pad_id = processor.tokenizer.pad_token_id or 0
+    correct: dict[str, list[bool]] = {}
+    try:
+        if ratio < 1:
+            tokpress.apply(model, outer="random", retain_ratio=ratio, outer_options={"seed": seed})
+        for start in range(0, len(prepared), batch):
+            chunk = prepared[start : start + batch]
+            scored, _ = option_logprobs(model, chunk, pad_id)
+            for p, per in zip(chunk, scored):
+                result = choose([lp for lp, _ in per], [t for _, t in per], "mean")
+                correct.setdefault(p.sample.task, []).append(result.chosen == p.sample.answer)
+    finally:
+        tokpress.remove(model)
+        model.train(was_training)
+    out = {task: float(np.mean(v)) for task, v in correct.items()}
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def prepare_samples(model: Any, processor: Any, samples: Sequence[Any]) -> list[Any]:
+    """:func:`tokpress.eval.accuracy.prepare` for every sample (word answers, end-of-turn appended)."""
+    from tokpress.eval.accuracy import prepare
+
+    return [prepare(model, processor, s, answer_format="word") for s in samples]
+
+
+# ------------------------------------------------------------------------------------------------------ training
+
+
+def task_weights(tasks: Sequence[str], val: dict[str, float] | None, mix: str) -> list[float]:
+    """Sampling weights of ``tasks``: uniform, or half uniform + half proportional to validation error."""
+    uniform = [1 / len(tasks)] * len(tasks)
+    if mix == "uniform" or not val:
+        return uniform
+    err = [max(1.0 - val.get(t, 0.0), 0.05) for t in tasks]
+    return [0.5 * u + 0.5 * e / sum(err) for u, e in zip(uniform, err)]
+
+
+def block_specs(cfg: TrainConfig, start: int, stop: int, weights: Sequence[float]) -> list[BatchSpec]:
+    """Specs of steps ``[start, stop)``; a pure function of the arguments (train offsets: ``step * batch + v``)."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, start, 3]))
+    specs = []
+    for step in range(start, stop):
+        picks = rng.choice(len(cfg.tasks), size=cfg.batch, p=np.asarray(weights) / np.sum(weights))
+        easy_share = max(0.0, 1.0 - step / cfg.easy_until) if cfg.easy_until > 0 else 0.0
+        easy = rng.random(cfg.batch) < easy_share
+        videos = tuple((cfg.tasks[int(t)], step * cfg.batch + v, bool(e)) for v, (t, e) in enumerate(zip(picks, easy)))
+        drop = cfg.token_drop if step >= cfg.drop_start else 0.0
+        specs.append(BatchSpec(step, cfg.seed, videos, drop, cfg.min_keep, tuple(cfg.drop_patterns)))
+    return specs
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup, then cosine from ``lr`` to ``min_lr_ratio * lr`` at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def train_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    positions: torch.Tensor,
+    *,
+    lr: float,
+    clip: float = 1.0,
+    bf16: bool = False,
+) -> tuple[float, torch.Tensor]:
+    """One optimiser step on ``batch``; returns the loss and the per-row losses."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    device = next(model.parameters()).device
+    with torch.enable_grad():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, per_row = answer_loss(model, batch, positions)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    return float(loss.detach()), per_row.cpu()
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 1 if cpus >= 3 else 0
+    return max(0, min(12, cpus - 2))
+
+
+def _state_dir(out: Path) -> Path:
+    return out.parent / f"{out.name}.state"
+
+
+def save_checkpoint(model: Any, processor: Any, out: Path) -> None:
+    """``save_pretrained`` of the model (safetensors) and the processor into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+def _fmt(acc: dict[str, float] | None) -> str:
+    if not acc:
+        return "-"
+    return " ".join(f"{k}={v:.3f}" for k, v in acc.items())
+
+
+def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
+    """The checkpoint's ``README.md``: what it is, how it was trained, how it scores."""
+    n_params = summary.get("parameters", 0)
+    lines = [
+        "# tokpress synth model: a tiny Qwen2.5-VL trained on procedural video QA",
+        "",
+        f"A `Qwen2_5_VLForConditionalGeneration` ({n_params / 1e6:.2f} M parameters) trained from scratch by "
+        "`tokpress.eval.train_synth` on the train split of `tokpress.eval.synth` (16 frames of 112x112 -> 128 video "
+        "tokens). It answers with the option word followed by `<|im_end|>`, in the prompt format of "
+        "`tokpress eval` (`tokpress.eval.accuracy.WORD_PROMPT`).",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "model = AutoModelForImageTextToText.from_pretrained(path)",
+        "processor = AutoProcessor.from_pretrained(path)",
+        "```",
+        "",
+        "## Training",
+        "",
+        f"- command: `{cfg.command or 'python -m tokpress.eval.train_synth'}`",
+        f"- seed {cfg.seed}; steps run {summary.get('steps_done')} of {cfg.steps}; batch {cfg.batch} videos "
+        f"({summary.get('rows_seen', 0)} question rows, {summary.get('videos_seen', 0)} videos in all)",
+        f"- lr {cfg.lr} (warmup {cfg.warmup}, cosine to {cfg.min_lr_ratio:g}x); token drop p={cfg.token_drop} from "
+        f"step {cfg.drop_start}, keep ratio U[{cfg.min_keep}, 1), patterns {', '.join(cfg.drop_patterns)}; "
+        f"task mix {cfg.task_mix}",
+        f"- device {summary.get('device')}; training time {summary.get('train_s', 0.0) / 60:.1f} min "
+        f"(wall, evaluations included); torch {torch.__version__}, transformers {summary.get('transformers')}",
+        f"- best checkpoint: step {summary.get('best_step')} (mean val accuracy {summary.get('best_val', 0.0):.3f})",
+        f"- status: {summary.get('status')}",
+        "- training curve: `curve.jsonl` (one JSON object per log line: step, loss, lr, elapsed_s; evaluation lines "
+        "add val_accuracy per task)",
+        "",
+        "## Accuracy (all 128 video tokens, option log-likelihood, chance 0.25)",
+        "",
+        "| split | n | " + " | ".join(cfg.tasks) + " | mean |",
+        "|---|---|" + "---|" * (len(cfg.tasks) + 1),
+    ]
+    for split, key, n in (("val", "best_val_accuracy", cfg.val_n), ("test", "test_accuracy", cfg.test_n)):
+        acc = summary.get(key)
+        if acc:
+            cells = " | ".join(f"{acc.get(t, float('nan')):.3f}" for t in cfg.tasks)
+            lines.append(f"| {split} | {n} | {cells} | {acc['mean']:.3f} |")
+    evals = [r for r in _read_curve(out / CURVE_FILE) if r.get("val_accuracy")]
+    if evals:
+        lines += [
+            "",
+            "## Validation curve (all video tokens; full curve with train loss per task in `curve.jsonl`)",
+            "",
+            "| step | minutes | " + " | ".join(cfg.tasks) + " | mean |",
+            "|---|---|" + "---|" * (len(cfg.tasks) + 1),
+        ]
+        for r in evals:
+            acc = r["val_accuracy"]
+            cells = " | ".join(f"{acc.get(t, float('nan')):.2f}" for t in cfg.tasks)
+            lines.append(f"| {r['step']} | {r['elapsed_s'] / 60:.1f} | {cells} | {acc['mean']:.3f} |")
+    lines.append("")
+    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _read_curve(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _append_curve(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or continue, with ``cfg.resume``) a training run; returns the run summary (also in the README)."""
+    import transformers
+
+    cfg.validate()
+    out = Path(cfg.out)
+    state_dir = _state_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    workers = _default_workers(device) if cfg.workers is None else cfg.workers
+    if workers:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    processor = build_processor()
+    model = build_model(cfg.size, seed=cfg.seed, attn=cfg.attn).to(device)
+    optimizer = make_optimizer(model, cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    curve = out / CURVE_FILE
+    state: dict[str, Any] = {
+        "step": 0,
+        "elapsed": 0.0,
+        "val": None,
+        "best": -1.0,
+        "best_step": None,
+        "best_val": None,
+        "rows": 0,
+        "videos": 0,
+    }
+    if cfg.resume and (state_dir / STATE_FILE).is_file():
+        saved = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state.update(saved["run"])
+        logger.info("resumed from %s at step %d", state_dir, state["step"])
+    else:
+        curve.write_text("", encoding="utf-8")
+    (out / ARGS_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2), encoding="utf-8")
+    logger.info(
+        "synth model: %.2f M parameters on %s, %d data workers, batch %d videos",
+        n_params / 1e6,
+        device,
+        workers,
+        cfg.batch,
+    )
+    val = val_samples(cfg.val_n, cfg.tasks)
+    prepared = prepare_samples(model, processor, val)
+    rope = RopeCache(model)
+    video_id = model.config.video_token_id
+    synth = SynthConfig()
+    call_start = time.perf_counter()  # --time-limit counts from here (this call), elapsed_s over the whole run
+    t0 = call_start - state["elapsed"]
+    stopped = False
+
+    def evaluate_and_save(step: int) -> None:
+        acc = accuracy_by_task(model, processor, prepared, batch=cfg.eval_batch)
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": None,
+            "lr": lr_at(cfg, max(step - 1, 0)),
+            "elapsed_s": round(time.perf_counter() - t0, 2),
+            "videos_seen": state["videos"],
+            "val_accuracy": acc,
+        }
+        for ratio in cfg.val_ratios:
+            record.setdefault("val_accuracy_drop", {})[f"{ratio:g}"] = accuracy_by_task(
+                model, processor, prepared, batch=cfg.eval_batch, ratio=ratio, seed=cfg.seed
+            )
+        _append_curve(curve, record)
+        logger.info("step %d  val %s", step, _fmt(acc))
+        state["val"] = acc
+        if acc["mean"] >= state["best"]:
+            state.update(best=acc["mean"], best_step=step, best_val=acc)
+            save_checkpoint(model, processor, out)
+        state["elapsed"] = time.perf_counter() - t0
+        state_dir.mkdir(parents=True, exist_ok=True)
+        run = dict(state, step=step)
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run}, state_dir / STATE_FILE
+        )
+
+    if state["best_step"] is None:
+        evaluate_and_save(0)
+    step = state["step"]
+    window: list[float] = []
+    task_loss: dict[str, list[float]] = {}
+    while step < cfg.steps and not stopped:
+        block_end = min(cfg.steps, (step // cfg.eval_every + 1) * cfg.eval_every)
+        specs = block_specs(cfg, step, block_end, task_weights(cfg.tasks, state["val"], cfg.task_mix))
+        for batch in iterate_batches(specs, synth, workers, cfg.prefetch):
+            positions = rope.positions(batch, video_id)
+            loss, per_row = train_step(
+                model, optimizer, batch, positions, lr=lr_at(cfg, step), clip=cfg.clip, bf16=cfg.bf16
+            )
+            step += 1
+            state["rows"] += int(batch["input_ids"].shape[0])
+            state["videos"] += int(batch["video_grid_thw"].shape[0])
+            window.append(loss)
+            for t, value in zip(batch["row_task"].tolist(), per_row.tolist()):
+                task_loss.setdefault(TASKS[t], []).append(value)
+            over = cfg.time_limit is not None and time.perf_counter() - call_start > cfg.time_limit
+            stopped = over and step < block_end
+            if step % cfg.log_every == 0 or step == block_end or stopped:
+                record = {
+                    "step": step,
+                    "loss": float(np.mean(window)),
+                    "lr": lr_at(cfg, step - 1),
+                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                    "videos_seen": state["videos"],
+                    "task_loss": {t: float(np.mean(v)) for t, v in task_loss.items()},
+                }
+                _append_curve(curve, record)
+                logger.info("step %d  loss %.4f  (%.1f s)", step, record["loss"], record["elapsed_s"])
+                window, task_loss = [], {}
+            if stopped:
+                break
+        evaluate_and_save(step)  # at the block's end, or mid-block when stopped (state saved for --resume)
+    if stopped:
+        logger.warning("time limit: stopped at step %d; --resume continues (a new block starts there)", step)
+    summary: dict[str, Any] = {
+        "status": "finished" if step >= cfg.steps else f"stopped by --time-limit at step {step} (continue: --resume)",
+        "steps_done": step,
+        "train_s": time.perf_counter() - t0,
+        "best_step": state["best_step"],
+        "best_val": state["best"],
+        "best_val_accuracy": state["best_val"],
+        "videos_seen": state["videos"],
+        "rows_seen": state["rows"],
+        "parameters": n_params,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "transformers": transformers.__version__,
+    }
+    if step >= cfg.steps and cfg.test_n > 0:
+        summary["test_accuracy"] = evaluate_checkpoint(
+            out, cfg.test_n, tasks=cfg.tasks, device=device, batch=cfg.eval_batch
+        )
+        logger.info("test (best checkpoint, %d videos): %s", cfg.test_n, _fmt(summary["test_accuracy"]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_readme(out, cfg, summary)
+    return summary
+
+
+def evaluate_checkpoint(
+    path: str | Path, n: int, *, tasks: Sequence[str] = TASKS, device: torch.device | str = "cpu", batch: int = 16
+) -> dict[str, float]:
+    """Per-task accuracy of a saved checkpoint on the first ``n`` test videos (the split ``tokpress eval`` uses)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    prepared = prepare_samples(model, processor, val_samples(n, tasks, split="test"))
+    return accuracy_by_task(model, processor, prepared, batch=batch)
+
+
+# ------------------------------------------------------------------------------------------------------- command
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` of a command line."""
+    d = TrainConfig()
+    s = ModelSize()
+    p = argparse.ArgumentParser(prog="python -m tokpress.eval.train_synth", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="checkpoint directory (curve, README; state in OUT.state/)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch, help="videos per step (1-3 question rows each)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--attn", default=d.attn)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=None, help="data worker processes (0: inline)")
+    p.add_argument("--token-drop", type=float, default=d.token_drop, help="probability a row drops video tokens")
+    p.add_argument("--min-keep", type=float, default=d.min_keep, help="lowest keep ratio of a dropping row")
+    p.add_argument("--drop-start", type=int, default=d.drop_start, help="first step with token drop")
+    p.add_argument("--drop-patterns", type=_words, default=d.drop_patterns, help=f"subset of {DROP_PATTERNS}")
+    p.add_argument("--task-mix", choices=("adaptive", "uniform"), default=d.task_mix)
+    p.add_argument("--tasks", type=_words, default=d.tasks)
+    p.add_argument(
+        "--easy-until", type=int, default=d.easy_until, help="easy-scene share falls 1 -> 0 until this step"
+    )
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--val-n", type=int, default=d.val_n)
+    p.add_argument("--val-ratios", type=_floats, default=d.val_ratios, help="also validate at these keep ratios")
+    p.add_argument("--test-n", type=int, default=d.test_n)
+    p.add_argument("--time-limit", type=float, default=None, help="seconds; stop cleanly and save the state")
+    p.add_argument("--resume", action="store_true", help="continue from OUT.state/ if it exists")
+    p.add_argument("--micro", action="store_true", help="a micro model (smoke tests)")
+    for name, value in dataclasses.asdict(s).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
+    a = p.parse_args(argv)
+    size = MICRO if a.micro else s
+    size = dataclasses.replace(size, **{k: getattr(a, k) for k in dataclasses.asdict(s) if getattr(a, k) is not None})
+    command = "python -m tokpress.eval.train_synth " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    return TrainConfig(
+        out=a.out,
+        steps=a.steps,
+        batch=a.batch,
+        lr=a.lr,
+        warmup=min(a.warmup, max(1, a.steps // 10)),
+        weight_decay=a.weight_decay,
+        seed=a.seed,
+        device=a.device,
+        bf16=a.bf16,
+        attn=a.attn,
+        threads=a.threads,
+        workers=a.workers,
+        token_drop=a.token_drop,
+        min_keep=a.min_keep,
+        drop_start=a.drop_start,
+        drop_patterns=a.drop_patterns,
+        task_mix=a.task_mix,
+        tasks=a.tasks,
+        easy_until=a.easy_until,
+        eval_every=a.eval_every,
+        log_every=a.log_every,
+        val_n=a.val_n,
+        val_ratios=a.val_ratios,
+        test_n=a.test_n,
+        time_limit=a.time_limit,
+        resume=a.resume,
+        size=size,
+        command=command,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command-line entry: parse, log to stderr, train."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
