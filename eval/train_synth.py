@@ -72,8 +72,8 @@ policy identically for every video), and because tokpress's hooks are written fo
 model patched with ``tokpress.apply(outer="random")`` for the same kept set.
 
 **Validation and selection.** Every ``--eval-every`` steps the model scores ``--val-n`` videos of the val split (one
-question each, tasks in turn, as ``tokpress eval`` draws the test split) with :func:`tokpress.eval.accuracy.prepare`
-and :func:`~tokpress.eval.accuracy.option_logprobs` (mean log-likelihood, the eval default), optionally also under
+question each, tasks in turn, as ``tokpress eval`` draws the test split) with :func:`tokpress.eval.scoring.prepare`
+and :func:`~tokpress.eval.scoring.option_logprobs` (mean log-likelihood, the eval default), optionally also under
 ``tokpress.apply(outer="random")`` at ``--val-ratios``. The checkpoint with the best mean per-task accuracy (ties:
 the later one) is saved. At the end the best checkpoint is scored on ``--test-n`` test videos (the split
 ``tokpress eval`` uses) and the README records it.
@@ -325,9 +325,9 @@ def encode_rows(processor: Any, frames: np.ndarray, samples: Sequence[Any]) -> t
 
     The prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
     ``<|video_pad|>`` placeholder expanded to the video's token count); the answer is the option word plus the
-    tokenizer's end-of-turn token, as :func:`tokpress.eval.accuracy.encode_answers` encodes it for scoring.
+    tokenizer's end-of-turn token, as :func:`tokpress.eval.eval_data.encode_answers` encodes it for scoring.
     """
-    from tokpress.eval.accuracy import chat_prompt, encode_answers, format_prompt
+    from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
 
     video = processor.video_processor(videos=[frames], return_tensors="pt")
     grid = video["video_grid_thw"]
@@ -416,7 +416,7 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
 def _seconds_per_grid(processor: Any) -> float:
     """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a video passed without metadata."""
     if not hasattr(processor, "_synth_spg"):
-        from tokpress.eval.accuracy import chat_prompt
+        from tokpress.eval.eval_data import chat_prompt
 
         frames = np.zeros((2, 28, 28, 3), np.uint8)
         out = processor(text=[chat_prompt(processor, "?")], videos=[frames], return_tensors="pt")
@@ -551,8 +551,8 @@ def answer_loss(
 
 
 def val_samples(n: int, tasks: Sequence[str], config: SynthConfig | None = None, split: str = "val") -> list[Any]:
-    """``n`` videos of ``split`` (one question each, tasks in turn) as :class:`~tokpress.eval.accuracy.EvalSample`."""
-    from tokpress.eval.accuracy import EvalSample
+    """``n`` videos of ``split`` (one question each, tasks in turn) as :class:`~tokpress.eval.eval_data.EvalSample`."""
+    from tokpress.eval.eval_data import EvalSample
 
     return [
         EvalSample(f"{s.video_id}_q0", s.task, s.question, list(s.options), s.answer, frames=s.frames)
@@ -570,7 +570,7 @@ def accuracy_by_task(
     ``"mean"`` (mean of the per-task accuracies).
     """
     import tokpress
-    from tokpress.eval.accuracy import choose, option_logprobs
+    from tokpress.eval.scoring import choose, option_logprobs
 
     was_training = model.training
     model.eval()
@@ -594,8 +594,8 @@ def accuracy_by_task(
 
 
 def prepare_samples(model: Any, processor: Any, samples: Sequence[Any]) -> list[Any]:
-    """:func:`tokpress.eval.accuracy.prepare` for every sample (word answers, end-of-turn appended)."""
-    from tokpress.eval.accuracy import prepare
+    """:func:`tokpress.eval.scoring.prepare` for every sample (word answers, end-of-turn appended)."""
+    from tokpress.eval.scoring import prepare
 
     return [prepare(model, processor, s, answer_format="word") for s in samples]
 
@@ -706,7 +706,7 @@ def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
         f"A `Qwen2_5_VLForConditionalGeneration` ({n_params / 1e6:.2f} M parameters) trained from scratch by "
         "`tokpress.eval.train_synth` on the train split of `tokpress.eval.synth` (16 frames of 112x112 -> 128 video "
         "tokens). It answers with the option word followed by `<|im_end|>`, in the prompt format of "
-        "`tokpress eval` (`tokpress.eval.accuracy.WORD_PROMPT`).",
+        "`tokpress eval` (`tokpress.eval.eval_data.WORD_PROMPT`).",
         "",
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",

@@ -18,23 +18,10 @@ from tokpress.cli import app
 from tokpress.config import budget
 from tokpress.errors import ConfigError
 from tokpress.eval import accuracy
-from tokpress.eval.accuracy import (
-    RANDOM_WEIGHTS_NOTE,
-    EvalConfig,
-    chat_prompt,
-    eval_plan,
-    format_prompt,
-    local_samples,
-    make_eval_workload,
-    match_answer,
-    option_logprobs,
-    prepare,
-    run_eval,
-    score_options,
-    stack_rows,
-    synth_samples,
-)
+from tokpress.eval.accuracy import RANDOM_WEIGHTS_NOTE, EvalConfig, eval_plan, make_eval_workload, run_eval
+from tokpress.eval.eval_data import chat_prompt, format_prompt, local_samples, match_answer, synth_samples
 from tokpress.eval.eval_report import PLOT_FILES, pareto_front, write_eval_report
+from tokpress.eval.scoring import option_logprobs, prepare, score_options, stack_rows
 from tokpress.eval.stats import agreement, bootstrap_ci, mcnemar
 from tokpress.eval.synth import export_split, load_annotations, make_split
 

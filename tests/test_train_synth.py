@@ -14,7 +14,7 @@ import torch
 import tokpress
 from tokpress.config import budget
 from tokpress.eval import train_synth as ts
-from tokpress.eval.accuracy import chat_prompt, encode_answers, format_prompt
+from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
 from tokpress.eval.synth import make_questions
 
 
