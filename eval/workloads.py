@@ -61,7 +61,7 @@ def _driver_version() -> str:
         return "unknown"
 
 
-def _video_frames(config: BenchConfig, default_frames: int, workdir: Path):
+def _video_frames(config: BenchConfig, default_frames: int, workdir: Path, multiple_of: int = 1):
     """``(path, decode)``: the user's video, or a generated one written to ``workdir``; ``decode()`` reads it."""
     from tokpress.eval.tiny import VideoSpec, moving_square_video
     from tokpress.eval.video import load_video, write_video
@@ -74,7 +74,7 @@ def _video_frames(config: BenchConfig, default_frames: int, workdir: Path):
 
     def decode():
         start = time.perf_counter()
-        frames, _ = load_video(path, num_frames=num_frames, fps=config.fps)
+        frames, _ = load_video(path, num_frames=num_frames, fps=config.fps, multiple_of=multiple_of)
         return frames, time.perf_counter() - start
 
     return path, decode
@@ -83,7 +83,8 @@ def _video_frames(config: BenchConfig, default_frames: int, workdir: Path):
 def _processor_workload(name, model, processor, config: BenchConfig, default_frames: int, env) -> Workload:
     device = next(model.parameters()).device
     workdir = Path(tempfile.mkdtemp(prefix="tokpress-bench-"))
-    path, decode = _video_frames(config, default_frames, workdir)
+    qwen = model.config.model_type in ("qwen2_vl", "qwen2_5_vl")  # temporal patches of 2 frames
+    path, decode = _video_frames(config, default_frames, workdir, multiple_of=2 if qwen else 1)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": config.question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     env["video"] = path if config.video else f"generated moving square ({config.frames or default_frames} frames)"
@@ -91,7 +92,10 @@ def _processor_workload(name, model, processor, config: BenchConfig, default_fra
     def make_inputs():
         frames, decode_s = decode()
         start = time.perf_counter()
-        inputs = processor(text=[prompt] * config.batch, videos=[frames] * config.batch, return_tensors="pt")
+        # the frames are already sampled as the processor would: do not let it resample them
+        inputs = processor(
+            text=[prompt] * config.batch, videos=[frames] * config.batch, return_tensors="pt", do_sample_frames=False
+        )
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(next(model.parameters()).dtype)
