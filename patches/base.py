@@ -100,9 +100,10 @@ class Adapter:
     def supports_vision_attention(self) -> bool:
         return type(self).install_vision_capture is not Adapter.install_vision_capture
 
-    def install_vision_capture(self, active, sink) -> list:
+    def install_vision_capture(self, active, sink, score) -> list:
         """Register hooks that, while ``active()``, pass ``sink`` the vision attention ``[tokens]`` of each video
-        encoding call, in LLM token order. Families without one raise :class:`UnsupportedModelError`."""
+        encoding call, in LLM token order, computed by ``score(q, k, groups, scale)`` (see
+        :mod:`tokpress.patches.vision`). Families without one raise :class:`UnsupportedModelError`."""
         raise UnsupportedModelError(f"{self.family}: no vision-encoder attention; use a policy that does not need it")
 
     # ---- videos -----------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class Engine:
                 self._handles += cap.install()
                 self.captures[s] = cap
         if self.outer is not None and self.outer.needs_vision_attention:
-            self.vision = VisionAttention(a)
+            self.vision = VisionAttention(a, self.outer.vision_attention)
             self.vision.install()
 
     def remove(self) -> None:

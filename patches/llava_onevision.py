@@ -12,7 +12,6 @@ import math
 import torch
 
 from tokpress.patches.base import Adapter, VideoSpan, runs
-from tokpress.patches.vision import mean_query_attention
 from tokpress.policies.base import Grid
 
 
@@ -25,9 +24,9 @@ class LlavaOnevisionAdapter(Adapter):
         vision = self.model.config.vision_config
         return math.ceil((vision.image_size // vision.patch_size) / 2)
 
-    def install_vision_capture(self, active, sink) -> list:
-        """Hooks on the SigLIP layer whose output LLaVA uses: per frame the mean-query attention of its patches,
-        pooled to the LLM grid with the model's own bilinear pooling."""
+    def install_vision_capture(self, active, sink, score) -> list:
+        """Hooks on the SigLIP layer whose output LLaVA uses: per frame the attention its patches receive
+        (``score``), pooled to the LLM grid with the model's own bilinear pooling."""
         layer_index = self.model.config.vision_feature_layer
         layer_index = layer_index[-1] if isinstance(layer_index, (list, tuple)) else layer_index
         tower = self.base.vision_tower
@@ -48,7 +47,7 @@ class LlavaOnevisionAdapter(Adapter):
             q = state.pop("q").reshape(frames * n, attn.num_heads, -1)
             k = out.reshape(frames * n, attn.num_heads, -1)
             groups = torch.arange(frames, device=out.device).repeat_interleave(n)
-            scores = mean_query_attention(q, k, groups, attn.scale).view(frames, 1, side, side)
+            scores = score(q, k, groups, attn.scale).view(frames, 1, side, side)
             pooled = torch.nn.functional.interpolate(scores, size=[self.frame_side] * 2, mode="bilinear")
             sink(pooled.flatten())
 

@@ -12,7 +12,6 @@ import torch
 
 from tokpress.patches.attention import rotate_half
 from tokpress.patches.base import Adapter, VideoSpan, runs
-from tokpress.patches.vision import mean_query_attention
 from tokpress.policies.base import Grid
 
 
@@ -20,8 +19,8 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     rope_rows = 3
 
-    def install_vision_capture(self, active, sink) -> list:
-        return qwen_vision_capture(self, active, sink)
+    def install_vision_capture(self, active, sink, score) -> list:
+        return qwen_vision_capture(self, active, sink, score)
 
     def find_videos(self, is_video: torch.Tensor, rope: torch.Tensor | None) -> list[VideoSpan]:
         spans = runs(is_video)
@@ -59,9 +58,9 @@ def _vision_window_order(visual, grid_thw: torch.Tensor) -> torch.Tensor | None:
     return window_index
 
 
-def qwen_vision_capture(adapter: Adapter, active, sink) -> list:
-    """Hooks on the last vision block: per LLM video token, the mean-query attention its 2x2 patches receive
-    within their temporal patch (summed over the 4 merged patches), in the LLM's raster order."""
+def qwen_vision_capture(adapter: Adapter, active, sink, score) -> list:
+    """Hooks on the last vision block: per LLM video token, the attention its 2x2 patches receive within their
+    temporal patch (``score``; summed over the 4 merged patches), in the LLM's raster order."""
     visual = adapter.base.visual
     attn = visual.blocks[-1].attn
     state: dict = {}
@@ -85,7 +84,7 @@ def qwen_vision_capture(adapter: Adapter, active, sink) -> list:
         groups = torch.repeat_interleave(
             torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).to(q.device)
         )
-        scores = mean_query_attention(q, k, groups, attn.scaling)
+        scores = score(q, k, groups, attn.scaling)
         merged = scores.view(-1, visual.spatial_merge_size**2).sum(-1)
         order = _vision_window_order(visual, state["grid"])
         sink(merged if order is None else merged[torch.argsort(order.to(merged.device))])

@@ -2,9 +2,11 @@
 
 Nothing is switched to eager attention. While the model encodes *videos* (``get_video_features`` is wrapped with
 ``functools.wraps``, so 5.23 ``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and
-key projections of one vision block; the adapter turns them into the attention each LLM video token receives with
-the mean-query proxy FastVID uses for Qwen2.5-VL: ``softmax(mean_i(q_i) . k_j / sqrt(d))`` within each attention
-group (a frame or temporal patch), averaged over heads — O(n d) instead of O(n^2 d).
+key projections of one vision block; the adapter turns them into the attention each LLM video token receives
+within its attention group (a frame or temporal patch), averaged over heads: either the mean-query proxy FastVID
+uses for Qwen2.5-VL, ``softmax(mean_i(q_i) . k_j / sqrt(d))`` — O(n d) — or the full map averaged over queries,
+``mean_i softmax(q_i . k_j / sqrt(d))``, as HoliTom and VisionZip define it — O(n^2 d), computed frame by frame.
+A policy picks with its ``vision_attention`` class attribute.
 """
 
 from __future__ import annotations
@@ -42,11 +44,33 @@ def mean_query_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor,
     return (e / total[groups]).mean(-1)
 
 
+def mean_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention each key receives, averaged over every query of its group and over heads (the full map).
+
+    Same arguments and result as :func:`mean_query_attention`; O(n_g^2 d) per group, computed group by group (a
+    loop over frames / temporal patches) so memory stays at one group's ``[H, n_g, n_g]`` map.
+    """
+    q, k = q.float(), k.float()
+    bounds = torch.cumsum(torch.bincount(groups), 0).tolist()
+    out, start = torch.empty(q.shape[0], device=q.device), 0
+    for end in bounds:
+        logits = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * scale
+        out[start:end] = logits.softmax(-1).mean(dim=(0, 1))
+        start = end
+    return out
+
+
+#: how the vision attention each token receives is computed: ``mean_query`` (FastVID, O(n d)) or ``full``
+#: (the average of the whole attention map over queries, as HoliTom and VisionZip define it, O(n^2 d))
+VISION_ATTENTION = {"mean_query": mean_query_attention, "full": mean_attention}
+
+
 class VisionAttention:
     """Collects the vision attention of each video the model encodes, for the outer stage to hand to its policy."""
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter, mode: str = "mean_query") -> None:
         self.adapter = adapter
+        self.score = VISION_ATTENTION[mode]
         self.active = False
         self.collected: list[torch.Tensor] = []
         self._handles: list = []
@@ -65,7 +89,9 @@ class VisionAttention:
                 self.active = False
 
         base.get_video_features = self._wrapper = encode_videos
-        self._handles = self.adapter.install_vision_capture(lambda: self.active, lambda t: self.collected.append(t))
+        self._handles = self.adapter.install_vision_capture(
+            lambda: self.active, lambda t: self.collected.append(t), self.score
+        )
 
     def remove(self) -> None:
         for handle in self._handles:

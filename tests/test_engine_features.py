@@ -318,3 +318,40 @@ def test_merged_sizes_and_features_reach_the_inner_stage(get_model):
     finally:
         _POLICIES.pop(("outer", "t_sized"), None)
         _POLICIES.pop(("inner", "t_sizes"), None)
+
+
+class FullVisionRecorder(VisionRecorder):
+    vision_attention = "full"
+
+
+def test_mean_attention_matches_a_per_query_loop():
+    from tokpress.patches.vision import mean_attention
+
+    gen = torch.Generator().manual_seed(1)
+    q, k = torch.randn(7, 2, 4, generator=gen), torch.randn(7, 2, 4, generator=gen)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    got = mean_attention(q, k, groups, 0.5)
+    for g in range(2):
+        rows = groups == g
+        per_query = torch.stack([torch.softmax((qi[None] * k[rows]).sum(-1) * 0.5, 0) for qi in q[rows]])
+        torch.testing.assert_close(got[rows], per_query.mean(dim=(0, 2)))
+
+
+def test_full_vision_attention_equals_siglip_eager_attention():
+    """LLaVA-OV: the map averaged over queries and heads equals SigLIP's own eager attention weights, pooled like
+    the features."""
+    model = tiny.tiny_model("llava_onevision", attn="eager")
+    inputs = tiny.make_inputs("llava_onevision")
+    frames = inputs["pixel_values_videos"][0]
+    ref = model.model.vision_tower(frames, output_attentions=True).attentions[-1]  # [F, H, 64, 64]
+    side = 56 // 7
+    ref = ref.mean(dim=(1, 2)).view(-1, 1, side, side)
+    expect = torch.nn.functional.interpolate(ref, size=[4, 4], mode="bilinear").flatten()
+    if ("outer", "t_full_vision") not in _POLICIES:
+        register_policy("t_full_vision", stage="outer")(FullVisionRecorder)
+    try:
+        tokpress.apply(model, outer="t_full_vision", retain_ratio=0.5)
+        model(**inputs)
+        torch.testing.assert_close(RECORDS[0][2], expect, rtol=1e-4, atol=1e-6)
+    finally:
+        _POLICIES.pop(("outer", "t_full_vision"), None)

@@ -104,8 +104,10 @@ def apply(
         )
     engine = Engine(model, adapter, cfg)
     if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
-        raise UnsupportedModelError(f"outer policy {cfg.outer.policy!r} needs vision-encoder attention, which the "
-                                    f"{adapter.family} adapter cannot supply; choose a policy that does not need it")
+        raise UnsupportedModelError(
+            f"outer policy {cfg.outer.policy!r} needs vision-encoder attention, which the "
+            f"{adapter.family} adapter cannot supply; choose a policy that does not need it"
+        )
     remove(model)
     engine.install()
     model.tokpress = engine

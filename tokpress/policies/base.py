@@ -53,9 +53,9 @@ class VideoTokens:
         grid: the token grid.
         sample: index of the sample in the batch.
         video: index of the video within its sample.
-        attention: ``[N]`` attention each token receives in the vision encoder's last block (mean over heads and
-            over the queries of its frame, summed over the patches merged into the token), float32; given only to
-            policies with ``needs_vision_attention`` (see the adapter for each family's exact definition).
+        attention: ``[N]`` attention each token receives in the vision encoder's last block within its frame (mean
+            over heads; over queries as the policy's ``vision_attention`` says; summed over the patches merged into
+            the token), float32; given only to policies with ``needs_vision_attention``.
     """
 
     features: torch.Tensor
@@ -136,6 +136,8 @@ class OuterPolicy(ABC):
     config_cls: ClassVar[type[PolicyConfig]] = PolicyConfig
     #: ask the engine for ``VideoTokens.attention`` (vision-encoder attention; costs one extra O(N d) pass)
     needs_vision_attention: ClassVar[bool] = False
+    #: ``"mean_query"`` (softmax of the mean query; FastVID) or ``"full"`` (the attention map averaged over queries)
+    vision_attention: ClassVar[str] = "mean_query"
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config

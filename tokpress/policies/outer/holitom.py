@@ -159,6 +159,7 @@ def segment_frames(similarity: torch.Tensor, tau: float, max_window: int = 1024)
 class HoliTomOuterPolicy(OuterPolicy):
     config_cls = HoliTomConfig
     needs_vision_attention = True
+    vision_attention = "full"  # the paper averages the whole attention map over queries
 
     def plan(self, video: VideoTokens, budget: int) -> Plan:
         g, cfg = video.grid, self.config

@@ -127,6 +127,7 @@ def chunk_plan(x: torch.Tensor, budget: int) -> Plan:
 class VisionZipPolicy(OuterPolicy):
     config_cls = VisionZipConfig
     needs_vision_attention = True
+    vision_attention = "full"  # the paper averages the whole attention map over queries
 
     def plan(self, video: VideoTokens, budget: int) -> Plan:
         g = video.grid
