@@ -19,8 +19,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def records():
-    config = BenchConfig(methods=("none", "uniform", "fastv", "holitom"), ratios=(0.5, 0.25), repeats=1, warmup=0,
-                         max_new_tokens=3)
+    config = BenchConfig(
+        methods=("none", "uniform", "fastv", "holitom"), ratios=(0.5, 0.25), repeats=1, warmup=0, max_new_tokens=3
+    )
     work = make_workload(config)
     return config, work, run_bench(config, work)
 
@@ -54,8 +55,14 @@ def test_report_files(records, tmp_path):
     _, work, got = records
     paths = write_report(got, work.environment, tmp_path)
     names = {p.name for p in paths.values()}
-    assert {"results.json", "results.csv", "report.md", "ttft_vs_retention.png", "stage_breakdown.png",
-            "flops_vs_retention.png"} <= names
+    assert {
+        "results.json",
+        "results.csv",
+        "report.md",
+        "ttft_vs_retention.png",
+        "stage_breakdown.png",
+        "flops_vs_retention.png",
+    } <= names
     for path in paths.values():
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG and path.stat().st_size > 5000
@@ -65,8 +72,24 @@ def test_report_files(records, tmp_path):
 
 
 def test_command_line(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "--methods", "none,evs+fastv", "--ratios", "0.5", "--repeats", "1",
-                                      "--warmup", "0", "--max-new-tokens", "2", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--methods",
+            "none,evs+fastv",
+            "--ratios",
+            "0.5",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "results.json").read_text())["records"]
     assert [r["method"] for r in rows] == ["none", "oracle", "evs+fastv"]
@@ -76,3 +99,19 @@ def test_command_line(tmp_path):
 def test_command_line_rejects_unknown_method(tmp_path):
     result = CliRunner().invoke(app, ["bench", "--methods", "nope", "--out", str(tmp_path)])
     assert result.exit_code != 0 and "unknown method" in str(result.exception)
+
+
+def test_python_entry_point(tmp_path):
+    from tokpress.eval import run_benchmark
+
+    rows = run_benchmark(
+        out=str(tmp_path),
+        methods=("none", "uniform"),
+        ratios=(0.5,),
+        repeats=1,
+        warmup=0,
+        max_new_tokens=2,
+        oracle=False,
+    )
+    assert [(r["method"], r["ratio"]) for r in rows] == [("none", 1.0), ("uniform", 0.5)]
+    assert (tmp_path / "report.md").exists()
