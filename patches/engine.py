@@ -70,10 +70,12 @@ class Engine:
             a.base.register_forward_hook(self._after_base),
             a.language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True),
         ]
-        if self.inner:
-            for i in range(self.stage_layers[0], a.num_layers):
-                hook = partial(self.runner.on_layer, i)
-                self._handles.append(a.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
+        first_stage = self.stage_layers[0] if self.inner else a.num_layers
+        for i in range(first_stage):  # flash-attention reads gapped positions as packed sequences: hide them
+            self._handles.append(a.layers[i].register_forward_pre_hook(self._drop_layer_positions, with_kwargs=True))
+        for i in range(first_stage, a.num_layers):
+            hook = partial(self.runner.on_layer, i)
+            self._handles.append(a.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
         for s, policy in enumerate(self.inner):
             if policy.needs_attention:
                 attn = a.layers[self.stage_layers[s] - 1].self_attn
@@ -93,6 +95,14 @@ class Engine:
             self.vision.remove()
             self.vision = None
         self._session = self.chunk = None
+
+    def _drop_layer_positions(self, module, args, kwargs):
+        """Decoder layers use ``position_ids`` only for flash-attention's packed-sequence detection; after
+        compression they are gapped (original positions kept), which that detection would misread."""
+        if self.chunk is None or self.chunk.layout is None or kwargs.get("position_ids") is None:
+            return None
+        kwargs["position_ids"] = None
+        return args, kwargs
 
     def clock(self, device: torch.device) -> float:
         """``perf_counter()``, after a CUDA synchronisation when :attr:`sync_timing` is on."""

@@ -355,3 +355,22 @@ def test_full_vision_attention_equals_siglip_eager_attention():
         torch.testing.assert_close(RECORDS[0][2], expect, rtol=1e-4, atol=1e-6)
     finally:
         _POLICIES.pop(("outer", "t_full_vision"), None)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_decoder_layers_see_no_gapped_positions(get_model, family):
+    """Flash-attention would read gapped position ids as packed sequences; every layer gets None instead."""
+    model = get_model(family)
+    inputs = tiny.make_inputs(family)
+    seen = []
+    tokpress.apply(model, outer="uniform", inner="fastv", inner_layer=2, retain_ratio=0.5)
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("position_ids")), with_kwargs=True)
+        for layer in model.model.language_model.layers
+    ]
+    try:
+        model(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == 4 and all(p is None for p in seen)
