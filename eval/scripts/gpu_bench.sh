@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The full-size GPU runs of issue 4, for a session that is lent a GPU. From the repository root:
+#   bash eval/scripts/gpu_bench.sh [OUT_DIR]        (default OUT_DIR: eval/results)
+# The GPU machine has torch, transformers and accelerate; tokpress installs without dependencies. typer, rich,
+# matplotlib and av must be importable too: if `python -c "import typer, rich, matplotlib, av"` fails there, carry
+# their wheels as the device tool's README describes. Each run takes a few minutes on an H100.
+set -euo pipefail
+out="${1:-eval/results}"
+python -m pip install -q --no-deps -e .
+python -c "import typer, rich, matplotlib, av" || { echo "missing typer/rich/matplotlib/av: carry wheels"; exit 3; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+common=(--random-weights --device cuda --dtype bf16 --attn sdpa --ratios 0.5,0.25,0.1 --repeats 5 --warmup 2)
+# LLaVA-OneVision-7B, 32 frames x 196 tokens (+1 newline) = 6273 video tokens: HoliTom's setting
+tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --out "$out/gpu-llava-onevision-7b-32f"
+# Qwen2.5-VL-7B, 64 frames of 448x448 = 32 x 16 x 16 = 8192 video tokens
+tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]}" --out "$out/gpu-qwen2.5-vl-7b-64f"
