@@ -103,16 +103,23 @@ class VisionAttention:
         self.collected.clear()
 
     def take(self, spans: list[list[VideoSpan]]) -> list[list[torch.Tensor | None]] | None:
-        """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors."""
-        sizes = [span.grid.numel for found in spans for span in found]
+        """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors.
+
+        ``generate()`` with ``num_beams`` / ``num_return_sequences`` k encodes each video once and repeats every
+        sample k times afterwards; the scores are then repeated the same way.
+        """
+        sizes = [[span.grid.numel for span in found] for found in spans]
         scores = torch.cat(self.collected) if self.collected else None
         self.collected.clear()
-        if scores is None or scores.numel() != sum(sizes):
+        total = sum(map(sum, sizes))
+        got = 0 if scores is None else scores.numel()
+        repeat = total // got if got and total % got == 0 else 0
+        if repeat < 1 or len(sizes) % repeat or sum(map(sum, sizes[::repeat])) != got:
             logger.warning(
-                "tokpress: vision attention unavailable for this forward (%s values for %d tokens)",
-                None if scores is None else scores.numel(),
-                sum(sizes),
+                "tokpress: vision attention unavailable for this forward (%d values for %d tokens)", got, total
             )
             return None
-        parts = iter(torch.split(scores, sizes))
-        return [[next(parts) for _ in found] for found in spans]
+        base = sizes[::repeat]
+        parts = iter(torch.split(scores, [n for sample in base for n in sample]))
+        per_sample = [[next(parts) for _ in sample] for sample in base]
+        return [per_sample[b // repeat] for b in range(len(sizes))]

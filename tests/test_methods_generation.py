@@ -82,3 +82,23 @@ def test_accelerate_offloaded_decoder(family, method):
     got = model.generate(**inputs, **kwargs)
     assert torch.equal(got.sequences, expected.sequences)
     torch.testing.assert_close(_logits(got), _logits(expected), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,method", CASES, ids=IDS)
+def test_beam_search(get_model, family, method):
+    """Beams: ratio 1 equals unpatched beam search; compressed, a ragged batch equals each sample alone (the
+    video is encoded once and its tokens repeated per beam; cache rows are reordered within a sample)."""
+    from conftest import sample_inputs
+
+    model = get_model(family)
+    inputs = batch_inputs(family)
+    beams = dict(GEN, num_beams=3)
+    reference = model.generate(**inputs, **beams)
+    _apply(model, method, ratio=1.0)
+    assert torch.equal(model.generate(**inputs, **beams), reference)
+    _apply(model, method)
+    out = model.generate(**inputs, **beams)
+    width = inputs["input_ids"].shape[1]
+    for b in range(2):
+        alone = model.generate(**sample_inputs(inputs, family, b), **beams)
+        assert torch.equal(alone[0, -GEN["max_new_tokens"] :], out[b, width:])
