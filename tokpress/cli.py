@@ -229,16 +229,26 @@ def eval_command(
 
 @app.command()
 def methods() -> None:
-    """List the methods (presets) and policies."""
+    """List the methods (presets), their policies and what each does."""
+    import sys
+
     import tokpress
-    from tokpress.registry import get_preset
+    from tokpress.registry import get_policy, get_preset
+
+    def summary(preset) -> str:
+        if preset.description:
+            return preset.description
+        stage, name = ("outer", preset.outer) if preset.outer else ("inner", preset.inner)
+        doc = (sys.modules[get_policy(stage, name).__module__].__doc__ or "").strip()
+        first = doc.split("\n\n")[0].replace("\n", " ") if doc else ""
+        return first.split(" — ", 1)[-1]
 
     table = Table(title="tokpress methods")
-    for col in ("method", "outer policy", "inner policy"):
+    for col in ("method", "outer", "inner", "what it is"):
         table.add_column(col)
     for name in tokpress.preset_names():
         p = get_preset(name)
-        table.add_row(name, p.outer or "—", p.inner or "—")
+        table.add_row(name, p.outer or "—", p.inner or "—", summary(p))
     console.print(table)
 
 
