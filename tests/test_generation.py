@@ -209,3 +209,36 @@ def test_flash_attention_matches_sdpa(family):
         results.append(_generate(model, inputs))
     assert torch.equal(results[0][0].sequences, results[1][0].sequences)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=3e-2)
+
+
+@pytest.mark.parametrize("method", ["uniform", "holitom", "evs+framefusion"])
+def test_two_videos_in_one_prompt(get_model, method):
+    """Each video of a prompt gets its own grid and budget; the whole prompt stays bit-identical at ratio 1."""
+    from tokpress.eval.methods import parse_method
+
+    model = get_model("qwen2_5_vl")
+    a = tiny.make_inputs("qwen2_5_vl", video=tiny.VideoSpec(8, 112, 112), seed=1)
+    b = tiny.make_inputs("qwen2_5_vl", video=tiny.VideoSpec(4, 56, 112), seed=2)
+    ids = torch.cat([a["input_ids"], b["input_ids"]], 1)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], b["mm_token_type_ids"]], 1),
+        "pixel_values_videos": torch.cat([a["pixel_values_videos"], b["pixel_values_videos"]]),
+        "video_grid_thw": torch.cat([a["video_grid_thw"], b["video_grid_thw"]]),
+        "second_per_grid_ts": torch.ones(2),
+    }
+    reference = model(**inputs).logits
+    kwargs = parse_method(method)
+    tokpress.apply(
+        model,
+        retain_ratio=1.0,
+        **kwargs,
+        **({} if "outer" in kwargs and "inner" not in kwargs else {"inner_ratio": 1.0}),
+    )
+    assert torch.equal(model(**inputs).logits, reference)
+    tokpress.apply(model, retain_ratio=0.25, **kwargs)
+    model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    last = model.tokpress.last
+    assert [len(v) for v in last.kept["outer"][0]] == [16, 4]  # 25 % of 64 and of 16, per video
+    assert last.video_tokens == [80] and last.after_outer == [20]
