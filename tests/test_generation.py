@@ -215,6 +215,7 @@ def test_flash_attention_matches_sdpa(family):
 def test_two_videos_in_one_prompt(get_model, method):
     """Each video of a prompt gets its own grid and budget; the whole prompt stays bit-identical at ratio 1."""
     from tokpress.eval.methods import parse_method
+    from tokpress.registry import get_preset
 
     model = get_model("qwen2_5_vl")
     a = tiny.make_inputs("qwen2_5_vl", video=tiny.VideoSpec(8, 112, 112), seed=1)
@@ -230,12 +231,8 @@ def test_two_videos_in_one_prompt(get_model, method):
     }
     reference = model(**inputs).logits
     kwargs = parse_method(method)
-    tokpress.apply(
-        model,
-        retain_ratio=1.0,
-        **kwargs,
-        **({} if "outer" in kwargs and "inner" not in kwargs else {"inner_ratio": 1.0}),
-    )
+    has_inner = "inner" in kwargs or get_preset(kwargs.get("method", "uniform")).inner is not None
+    tokpress.apply(model, retain_ratio=1.0, **kwargs, **({"inner_ratio": 1.0} if has_inner else {}))
     assert torch.equal(model(**inputs).logits, reference)
     tokpress.apply(model, retain_ratio=0.25, **kwargs)
     model.generate(**inputs, max_new_tokens=2, do_sample=False)
