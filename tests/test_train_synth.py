@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 import tokpress
 from tokpress.config import budget
@@ -46,6 +48,10 @@ def test_rows_are_the_eval_prompt_and_answer(processor):
     assert bool(batch["keep"].sum(1).eq(batch["lengths"]).all())  # no drop requested
 
 
+@pytest.mark.skipif(
+    Version(transformers.__version__) < Version("5.23"),
+    reason="transformers < 5.23 truncates second_per_grid_ts to an int (2/24 -> 0): every temporal id is 0 there",
+)
 def test_temporal_positions_are_distinct(processor):
     """tokens_per_second=12 with the processor's 2/24 s per grid: temporal M-RoPE ids 0..7 (not all 0)."""
     model = ts.build_model(ts.MICRO)
