@@ -192,3 +192,18 @@ def test_worker_batches_equal_inline():
     assert len(inline) == len(pooled) == 2
     for a, b in zip(inline, pooled):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_first_answer_token_weight():
+    """loss(w) = (w * ce_first + rest) / (w + n_rest) per row: three weights on one batch must agree on ce_first and
+    rest, and a huge weight leaves the first token's cross-entropy alone."""
+    model = ts.build_model(ts.MICRO, seed=0).eval()
+    batch = ts.build_batch(_spec(videos=(("direction", 0, False),)))
+    positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
+    with torch.no_grad():
+        rows = [ts.answer_loss(model, batch, positions, first_weight=w)[1].double() for w in (1.0, 3.0, 1e6)]
+    n_rest = (batch["lengths"] - batch["answer_start"] - 1).double()  # answer tokens after the first
+    first = rows[2]
+    rest = rows[0] * (1 + n_rest) - first
+    torch.testing.assert_close(rows[1] * (3 + n_rest), 3 * first + rest, rtol=1e-4, atol=1e-4)
+    assert bool((rows[1] != rows[0]).any())
