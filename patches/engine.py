@@ -130,11 +130,12 @@ class Engine:
         ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         if ref is None:
             return None
-        if input_ids is None or not has_video_inputs(kwargs):
-            is_video = torch.zeros(ref.shape[:2], dtype=torch.bool, device=ref.device)
+        if input_ids is None or not has_video_inputs(kwargs):  # decode steps: known without a device sync
+            is_video, has_video = torch.zeros(ref.shape[:2], dtype=torch.bool, device=ref.device), False
         else:
             is_video = input_ids == self.adapter.video_token_id
-        self.chunk = Chunk(is_video=is_video, continuing=continuing, session=session)
+            has_video = bool(is_video.any())
+        self.chunk = Chunk(is_video=is_video, has_video=has_video, continuing=continuing, session=session)
         return (), kwargs
 
     def _continue_session(self, session: Session, input_ids, kwargs):
@@ -201,7 +202,7 @@ class Engine:
         seq_index = sequence_index(pos) if given_pos else None
         mask = chunk_mask(kwargs.get("attention_mask"), batch, q, chunk.continuing, emb.device)
         layout, spans = self._logical_layout(chunk, rope if given_pos else None, mask)
-        has_video = bool(chunk.is_video.any())
+        has_video = chunk.has_video
         if has_video:
             chunk.stats = self.last = Stats(num_layers=self.adapter.num_layers, inner_layers=list(self.stage_layers))
             chunk.stats.video_tokens = layout.video_counts()
@@ -251,8 +252,8 @@ class Engine:
         device = is_video.device
         ordinal = torch.full((batch, q), -1, dtype=torch.long, device=device)
         protected = torch.zeros(batch, q, dtype=torch.bool, device=device)
-        spans, slots = [], []
-        for b in range(batch):
+        spans, slots = [[] for _ in range(batch)], [() for _ in range(batch)]
+        for b in range(batch if chunk.has_video else 0):
             found = (
                 self.adapter.find_videos(is_video[b], None if rope is None else rope[:, b])
                 if is_video[b].any()
@@ -266,8 +267,7 @@ class Engine:
                 protected[b, span.start + span.grid.numel : span.start + span.length] = True
                 sample_slots.append(VideoSlot(offset, span.grid, span.extra))
                 offset += span.length
-            spans.append(found)
-            slots.append(tuple(sample_slots))
+            spans[b], slots[b] = found, tuple(sample_slots)
         chunk.slots = slots
         src = torch.arange(q, device=device).expand(batch, q)
         filler = torch.zeros(batch, q, dtype=torch.bool, device=device)

@@ -64,6 +64,7 @@ class Chunk:
     """One forward pass."""
 
     is_video: torch.Tensor  # [B, q] placeholder positions in the caller's tokens
+    has_video: bool  # any placeholder carries video features in this forward
     continuing: bool
     session: Session | None
     layout: Layout | None = None
