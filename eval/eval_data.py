@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tokpress.errors import InputError
-from tokpress.eval.synth import SynthConfig, load_annotations, make_split
+from tokpress.eval.synth import SYNTH_FPS, SynthConfig, load_annotations, make_split
 
 logger = logging.getLogger("tokpress")
 
@@ -36,6 +36,7 @@ class EvalSample:
     frames: np.ndarray | None = None  # [T, H, W, 3] uint8
     video: str | None = None  # a video file, when ``frames`` is None
     num_frames: int | None = None  # frames the annotation says the video holds
+    fps: float | None = None  # frame rate of ``frames`` (passed to the processor as video metadata)
 
 
 def synth_samples(n: int, config: SynthConfig | None = None) -> list[EvalSample]:
@@ -50,6 +51,7 @@ def synth_samples(n: int, config: SynthConfig | None = None) -> list[EvalSample]
                 options=list(s.options),
                 answer=s.answer,
                 frames=s.frames,
+                fps=SYNTH_FPS,
             )
         )
     return out

@@ -440,6 +440,32 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[
     return paths
 
 
+def render_task_table(records: Sequence[dict[str, Any]]) -> str:
+    """A compact markdown table (``table.md``, the README's): per method, per ratio, the mean of the per-task
+    accuracies, the pooled accuracy with its 95 % CI, and the accuracy of every task family, in %.
+
+    Rows are grouped by method (uncompressed first, then methods in run order, ratios descending), so each group
+    reads as accuracy vs retention.
+    """
+    tasks = tasks_of(records)
+    by_task = {(r["model"], r["method"], _ratio_key(r["ratio"]), r["task"]): r for r in summaries(records, None)}
+    overall = summaries(records)
+    methods = list(dict.fromkeys(_label(r) for r in overall))
+    rows = sorted(overall, key=lambda r: (str(r.get("model", "")), methods.index(_label(r)), -_ratio_key(r["ratio"])))
+    columns = ["method", "retained", "mean of tasks", "all [95 % CI]", *tasks]
+    lines = [_md_row(columns), _md_row(["---"] * len(columns))]
+    for r in rows:
+        key = (r["model"], r["method"], _ratio_key(r["ratio"]))
+        cells = [
+            _label(r),
+            _fixed(r.get("ratio"), 2),
+            _pct(r.get("accuracy_macro")),
+            _pct_ci(r.get("accuracy"), r.get("ci_low"), r.get("ci_high")),
+        ]
+        lines.append(_md_row(cells + [_pct(by_task.get((*key, t), {}).get("accuracy")) for t in tasks]))
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- entry points
 
 
@@ -453,7 +479,8 @@ def write_eval_report(
     config: Any = None,
     plots: bool = True,
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``results.csv``, ``samples.csv``, ``report.md`` and the PNG plots into ``out_dir``.
+    """Write ``results.json``, ``results.csv``, ``samples.csv``, ``report.md``, ``table.md`` (the compact per-task
+    table of :func:`render_task_table`) and the PNG plots into ``out_dir``.
 
     Args:
         records: from :func:`~tokpress.eval.accuracy.run_eval`.
@@ -470,11 +497,13 @@ def write_eval_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = command if command is not None else shlex.join(sys.argv)
-    written = {name: out / name for name in ("results.json", "results.csv", "samples.csv", "report.md")}
+    names = ("results.json", "results.csv", "samples.csv", "report.md", "table.md")
+    written = {name: out / name for name in names}
     write_json(written["results.json"], records, environment, command, config, notes)
     write_csv(written["results.csv"], summaries(records, None))
     write_csv(written["samples.csv"], samples_of(records))
     written["report.md"].write_text(render_markdown(records, environment, command, notes, config), encoding="utf-8")
+    written["table.md"].write_text(render_task_table(records), encoding="utf-8")
     if plots:
         try:
             written.update(write_plots(records, out))

@@ -69,21 +69,25 @@ def prepare(
     fps: float | None = None,
 ) -> Prepared:
     """Decode the sample's video if needed, run the processor on its prompt, encode its options."""
+    from tokpress.eval.video import video_metadata_kwargs
+
     decode_ms = 0.0
-    video = sample.frames
+    video, video_fps = sample.frames, sample.fps
     if video is None:
         from tokpress.eval.video import load_video
 
         multiple = 2 if getattr(model.config, "model_type", "").startswith("qwen") else 1
         count = frames or (None if fps else sample.num_frames)
         start = time.perf_counter()
-        video, _ = load_video(
+        video, info = load_video(
             sample.video, num_frames=count, fps=None if count else (fps or 2.0), multiple_of=multiple
         )
+        video_fps = info.get("sampled_fps") or None
         decode_ms = (time.perf_counter() - start) * 1e3
     text = chat_prompt(processor, format_prompt(sample.question, sample.options, answer_format, prompt))
     start = time.perf_counter()
-    batch = processor(text=[text], videos=[video], return_tensors="pt")
+    metadata = video_metadata_kwargs(processor, len(video), video_fps)
+    batch = processor(text=[text], videos=[video], return_tensors="pt", **metadata)
     preprocess_ms = (time.perf_counter() - start) * 1e3
     device, dtype = _device_dtype(model)
     inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}

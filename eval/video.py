@@ -222,6 +222,21 @@ def timed_load(path: str | Path, **kwargs: Any) -> TimedVideo:
     return TimedVideo(frames, info, decode_ms)
 
 
+def video_metadata_kwargs(processor: Any, n_frames: int, fps: float | None, copies: int = 1) -> dict[str, Any]:
+    """``{"video_metadata": [...]}`` to pass to ``processor(...)`` with in-memory frames sampled at ``fps``, or ``{}``.
+
+    Qwen2.5-VL's processor turns the sampled frame rate into ``second_per_grid_ts`` (temporal M-RoPE spacing) and,
+    when frames come without metadata, assumes 24 fps: a 2-fps clip then gets temporal ids 12x too dense
+    (transformers 5.23) or all 0 (5.17 truncates ``second_per_grid_ts`` to an int). Only processors that report
+    ``second_per_grid_ts`` get the metadata; others are left alone.
+    """
+    if not fps or fps <= 0 or "second_per_grid_ts" not in getattr(processor, "model_input_names", ()):
+        return {}
+    from transformers.video_utils import VideoMetadata
+
+    return {"video_metadata": [VideoMetadata(total_num_frames=n_frames, fps=float(fps)) for _ in range(copies)]}
+
+
 def write_video(frames: Any, path: str | Path, fps: float = 8.0, *, codec: str | None = None, crf: int = 12) -> str:
     """Encode ``[T, H, W, 3]`` uint8 RGB frames into ``path`` (mp4) with PyAV; returns the codec used.
 

@@ -218,6 +218,16 @@ def test_report_files_and_plots(run, work, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "RANDOM weights" in report and "McNemar" in report and "| fastv | 0.25 |" in report
     assert "## By task family" in report and "| needle | uncompressed |" in report
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0].startswith("| method | retained | mean of tasks | all [95 % CI] |")
+    rows = [line.split(" | ") for line in table[2:]]
+    assert [r[0].strip("| ") for r in rows] == ["uncompressed", "uniform", "fastv"]
+    assert [r[1] for r in rows] == ["1.00", "0.25", "0.25"]
+    per_task = {(r["method"], r["ratio"], r["task"]): r["accuracy"] for r in payload["summary"]}
+    tasks = table[0].strip("| ").split(" | ")[4:]
+    assert len(tasks) == 5
+    for task, cell in zip(tasks, rows[2][4:]):
+        assert float(cell.strip("| ")) == pytest.approx(100 * per_task[("fastv", 0.25, task)], abs=0.05)
 
 
 def test_pareto_front():
@@ -317,3 +327,23 @@ def test_config_validation():
         with pytest.raises(ConfigError):
             EvalConfig(**bad).validate()
     assert eval_plan(EvalConfig(methods=("fastv",), ratios=(0.5, 0.1)))[0] == ("none", 1.0)
+
+
+def test_video_metadata_sets_the_temporal_spacing(work, tmp_path):
+    """Synth frames carry their 2 fps to Qwen2.5-VL's processor (1 s per temporal grid), decoded files their own
+    rate; processors without ``second_per_grid_ts`` get nothing; no frame rate, nothing."""
+    from tokpress.eval.synth import SYNTH_FPS
+    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.video import video_metadata_kwargs
+
+    sample = synth_samples(1)[0]
+    assert sample.fps == SYNTH_FPS
+    spg = prepare(work.model, work.processor, sample).inputs["second_per_grid_ts"]
+    assert spg.tolist() == [pytest.approx(2 / SYNTH_FPS)]  # temporal patch of 2 frames at 2 fps
+    meta = video_metadata_kwargs(work.processor, 16, 4.0, copies=3)["video_metadata"]
+    assert len(meta) == 3 and meta[0].fps == 4.0 and meta[0].total_num_frames == 16
+    assert video_metadata_kwargs(tiny_processor("llava_onevision"), 16, 2.0) == {}
+    assert video_metadata_kwargs(work.processor, 16, None) == {}
+    export_split(make_split("test", 1), tmp_path, fps=4)
+    (local,) = local_samples(tmp_path)
+    assert prepare(work.model, work.processor, local).inputs["second_per_grid_ts"].tolist() == [pytest.approx(0.5)]
