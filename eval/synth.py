@@ -96,6 +96,10 @@ LAMP_ON: tuple[int, int, int] = (250, 250, 250)
 LETTERS = "ABCD"
 SPLIT_SEED_BASE: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 SPLIT_SEED_SPAN = 1_000_000_000
+#: Colour codes of :attr:`Sample.layout` (code = index; 0 = nothing painted on the cell).
+LAYOUT_COLORS: tuple[str, ...] = ("none", *COLORS, "lamp-off", "lamp-on")
+#: Frame rate of a synth video (the export writes it; the shipped model's temporal positions assume it).
+SYNTH_FPS = 2.0
 ANNOTATION_FILE = "annotations.jsonl"
 INFO_FILE = "info.json"
 
@@ -149,6 +153,7 @@ class Sample:
     metadata: dict[str, Any] = field(default_factory=dict)  # ground truth of the scene (JSON-serialisable)
     seed: int = 0
     video_id: str = ""
+    layout: np.ndarray | None = None  # [T, grid, grid, 2] uint8: (LAYOUT_COLORS code, 1 + SHAPES index), 0 = empty
 
     @property
     def answer_letter(self) -> str:
@@ -198,6 +203,7 @@ class _Scene:
         self.config, self.rng = config, rng
         self.frames = np.broadcast_to(self._background(), (config.frames, config.size, config.size, 3)).copy()
         self.free = [(r, c) for r in range(config.grid) for c in range(config.grid)]
+        self.layout = np.zeros((config.frames, config.grid, config.grid, 2), dtype=np.uint8)
 
     def _background(self) -> np.ndarray:
         cfg, rng = self.config, self.rng
@@ -228,6 +234,7 @@ class _Scene:
         size = self.config.cell
         y, x = cell[0] * size, cell[1] * size
         self.frames[t0:t1, y : y + size, x : x + size][:, shape_mask(shape, size)] = np.asarray(rgb, np.float32)
+        self.layout[t0:t1, cell[0], cell[1]] = (_COLOR_CODE[tuple(int(v) for v in rgb)], 1 + SHAPES.index(shape))
 
     def paint_slots(self, cell: tuple[int, int], shape: str, rgb: Sequence[int], s0: int, s1: int) -> None:
         """Draw for the 2-frame slots ``[s0, s1)``."""
@@ -253,6 +260,13 @@ class _Scene:
         if self.config.noise > 0:
             frames = frames + self.rng.standard_normal(frames.shape, dtype=np.float32) * np.float32(self.config.noise)
         return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+_COLOR_CODE: dict[tuple[int, ...], int] = {
+    **{rgb: 1 + i for i, rgb in enumerate(COLORS.values())},
+    LAMP_OFF: LAYOUT_COLORS.index("lamp-off"),
+    LAMP_ON: LAYOUT_COLORS.index("lamp-on"),
+}
 
 
 def _pick(rng: np.random.Generator, pool: Sequence[str], k: int = 1) -> list[str]:
@@ -433,6 +447,7 @@ def make_questions(task: str, seed: int, config: SynthConfig | None = None) -> l
                 metadata={"variant": variant, **meta},
                 seed=int(seed),
                 video_id=video_id,
+                layout=scene.layout,
             )
         )
     return samples
@@ -502,7 +517,7 @@ def export_split(
     samples: Sequence[Sample],
     out_dir: str | Path,
     *,
-    fps: float = 2.0,
+    fps: float = SYNTH_FPS,
     codec: str | None = None,
     crf: int = 10,
 ) -> Path:

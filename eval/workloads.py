@@ -12,6 +12,7 @@ import torch
 
 from tokpress.errors import ConfigError
 from tokpress.eval.bench import DTYPES, BenchConfig, Workload
+from tokpress.eval.video import video_metadata_kwargs
 
 DEFAULT_FRAMES = 16
 
@@ -61,40 +62,55 @@ def _driver_version() -> str:
         return "unknown"
 
 
-def _video_frames(config: BenchConfig, default_frames: int, workdir: Path, multiple_of: int = 1):
-    """``(path, decode)``: the user's video, or a generated one written to ``workdir``; ``decode()`` reads it."""
+def _video_frames(
+    config: BenchConfig, default_frames: int, workdir: Path, multiple_of: int = 1, generated=None, fps: float = 8.0
+):
+    """``(path, decode)``: the user's video, or a generated one written to ``workdir`` (``generated``: its
+    ``[T, H, W, 3]`` frames at ``fps``, default a moving square); ``decode()`` reads it and returns
+    ``(frames, sampled fps, seconds)``."""
     from tokpress.eval.tiny import VideoSpec, moving_square_video
     from tokpress.eval.video import load_video, write_video
 
     path = config.video
     if path is None:
-        path = str(workdir / "moving_square.mp4")
-        write_video(moving_square_video(VideoSpec(frames=config.frames or default_frames)), path, fps=8)
+        path = str(workdir / "generated.mp4")
+        if generated is None:
+            generated = moving_square_video(VideoSpec(frames=config.frames or default_frames))
+        write_video(generated, path, fps=fps)
     num_frames = None if config.fps else (config.frames or (default_frames if config.video is None else 32))
 
     def decode():
         start = time.perf_counter()
-        frames, _ = load_video(path, num_frames=num_frames, fps=config.fps, multiple_of=multiple_of)
-        return frames, time.perf_counter() - start
+        frames, info = load_video(path, num_frames=num_frames, fps=config.fps, multiple_of=multiple_of)
+        return frames, info.get("sampled_fps") or None, time.perf_counter() - start
 
     return path, decode
 
 
-def _processor_workload(name, model, processor, config: BenchConfig, default_frames: int, env) -> Workload:
+def _processor_workload(
+    name, model, processor, config: BenchConfig, default_frames: int, env, generated=None, question=None, fps=8.0
+) -> Workload:
     device = next(model.parameters()).device
     workdir = Path(tempfile.mkdtemp(prefix="tokpress-bench-"))
     qwen = model.config.model_type in ("qwen2_vl", "qwen2_5_vl")  # temporal patches of 2 frames
-    path, decode = _video_frames(config, default_frames, workdir, multiple_of=2 if qwen else 1)
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": config.question}]}]
+    path, decode = _video_frames(config, default_frames, workdir, 2 if qwen else 1, generated, fps)
+    text = question or config.question
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    env["video"] = path if config.video else f"generated moving square ({config.frames or default_frames} frames)"
+    if "video" not in env:
+        env["video"] = path if config.video else f"generated moving square ({config.frames or default_frames} frames)"
 
     def make_inputs():
-        frames, decode_s = decode()
+        frames, sampled_fps, decode_s = decode()
         start = time.perf_counter()
-        # the frames are already sampled as the processor would: do not let it resample them
+        # the frames are already sampled as the processor would: do not let it resample them; pass their frame
+        # rate so Qwen2.5-VL's temporal positions match the clip (without it the processor assumes 24 fps)
         inputs = processor(
-            text=[prompt] * config.batch, videos=[frames] * config.batch, return_tensors="pt", do_sample_frames=False
+            text=[prompt] * config.batch,
+            videos=[frames] * config.batch,
+            return_tensors="pt",
+            do_sample_frames=False,
+            **video_metadata_kwargs(processor, len(frames), sampled_fps, config.batch),
         )
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         if "pixel_values_videos" in inputs:
@@ -108,7 +124,12 @@ def _processor_workload(name, model, processor, config: BenchConfig, default_fra
 
 
 def default_workload(config: BenchConfig) -> Workload:
-    """The embedded default: a tiny Qwen2.5-VL with random weights, a generated video, the real (offline) processor."""
+    """The embedded default: the shipped synth model on a synth test video (:func:`synth_workload`) when it is
+    installed, else a tiny Qwen2.5-VL with random weights, a generated video and the real (offline) processor."""
+    from tokpress.eval.accuracy import SHIPPED_MODEL
+
+    if (SHIPPED_MODEL / "config.json").is_file():
+        return synth_workload(config, SHIPPED_MODEL)
     from tokpress.eval.tiny import tiny_model
     from tokpress.eval.tiny_processor import tiny_processor
 
@@ -117,6 +138,41 @@ def default_workload(config: BenchConfig) -> Workload:
     env = environment(model, device, dtype, config.attn)
     env["model"] = "built-in tiny Qwen2.5-VL (random weights, 4 layers, hidden 64)"
     return _processor_workload("tiny-qwen2.5-vl", model, tiny_processor("qwen2_5_vl"), config, DEFAULT_FRAMES, env)
+
+
+#: The synth test video of the default bench: the needle task, whose answer depends on one temporal token.
+BENCH_SYNTH_TASK, BENCH_SYNTH_INDEX = "needle", 3
+
+
+def synth_workload(config: BenchConfig, path: Path) -> Workload:
+    """The trained synth model at ``path`` on a synth test-split video (``--video`` and ``--question`` still apply;
+    the default question is the sample's own, in ``tokpress eval``'s prompt format, so answers can be checked)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from tokpress.eval.bench import BenchConfig as _Defaults
+    from tokpress.eval.eval_data import format_prompt
+    from tokpress.eval.synth import SYNTH_FPS, make_split
+
+    device, dtype = resolve_device(config)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}, local_files_only=True
+    ).eval()
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    sample = make_split("test", 1, tasks=[BENCH_SYNTH_TASK], offset=BENCH_SYNTH_INDEX)[0]
+    question = None
+    if config.question == _Defaults.question:
+        question = format_prompt(sample.question, sample.options)
+    env = environment(model, device, dtype, config.attn)
+    env["model"] = f"shipped synth model ({path.name}, trained; tokpress.eval.train_synth)"
+    if config.video is None:
+        env["video"] = (
+            f"synth test video {sample.video_id} ({len(sample.frames)} frames at {SYNTH_FPS:g} fps; "
+            f"answer: {sample.answer_word})"
+        )
+    n = len(sample.frames)
+    return _processor_workload(
+        "synth-qwen2.5-vl", model, processor, config, n, env, sample.frames, question, SYNTH_FPS
+    )
 
 
 def arch_workload(config: BenchConfig) -> Workload:
