@@ -53,6 +53,7 @@ def synthetic_video_inputs(
         getattr(config, n, None)
         for n in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     }
+
     def text(n: int) -> list[int]:
         ids = torch.randint(10, min(vocab, 10_000), (n + 8,), generator=gen).tolist()
         return [t for t in ids if t not in special][:n]

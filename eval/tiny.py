@@ -18,6 +18,13 @@ import numpy as np
 import torch
 
 IMAGE_ID, VIDEO_ID, VISION_START_ID, VISION_END_ID, PAD_ID = 250, 251, 252, 253, 0
+#: The vision placeholder ids as ``config`` keyword arguments (every tiny / synth config uses them).
+VISION_TOKEN_IDS = dict(
+    image_token_id=IMAGE_ID,
+    video_token_id=VIDEO_ID,
+    vision_start_token_id=VISION_START_ID,
+    vision_end_token_id=VISION_END_ID,
+)
 VOCAB = 256
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 
@@ -55,10 +62,7 @@ def _qwen_config(family: str):
         family,
         text_config=text,
         vision_config=vision,
-        image_token_id=IMAGE_ID,
-        video_token_id=VIDEO_ID,
-        vision_start_token_id=VISION_START_ID,
-        vision_end_token_id=VISION_END_ID,
+        **VISION_TOKEN_IDS,
         tie_word_embeddings=False,
     )
 

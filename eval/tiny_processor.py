@@ -100,13 +100,19 @@ def _vocab(family: str) -> tuple[dict[str, int], list[str]]:
 def tiny_tokenizer(family: str):
     """A character-level ``PreTrainedTokenizerFast`` whose 256 ids match the tiny models (see module docstring)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab, specials = _vocab(family)
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one token per character
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in specials])
+    return fast_tokenizer(backend)
+
+
+def fast_tokenizer(backend: Any) -> Any:
+    """``backend`` (a ``tokenizers.Tokenizer`` over the tiny ids) as a left-padding ``PreTrainedTokenizerFast``."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",

@@ -8,48 +8,57 @@ becomes a Hugging Face checkpoint directory (``config.json``, ``generation_confi
 per-task accuracy). The training state for ``--resume`` (weights, AdamW moments, step, curriculum) lives beside it
 in ``DIR.state/`` and is not part of the checkpoint.
 
-Reproduce the shipped model on one GPU (each call stops cleanly after ``--time-limit`` seconds of training,
-saves its state, and the same command continues from it; ``out/`` is git-ignored, so the state survives between
-calls on a warm machine; ``--steps`` fixes the cosine schedule, so keep it the same across calls)::
+How the shipped model was trained (2 CPU cores, no GPU; the exact commands, curve and timings are in
+``eval/results/train-synth-cpu/``)::
 
-    python -m tokpress.eval.train_synth --out out/tokpress-synth-qwen2.5-vl --device cuda --steps 8000 \
-        --batch 64 --lr 1e-3 --token-drop 0.3 --drop-start 2000 --eval-every 500 --val-n 250 --val-ratios 0.25 \
-        --first-token-weight 8 --test-n 1000 --workers 12 --time-limit 480 --resume
-    # repeat until the README says "status: finished"; then copy out/tokpress-synth-qwen2.5-vl (not the sibling
-    # .state directory) to eval/models/tokpress-synth-qwen2.5-vl, where ``tokpress eval`` looks for it
+    python -m tokpress.eval.train_synth --out out/tokpress-synth-qwen2.5-vl --device cpu --threads 2 \
+        --workers 1 --steps 5000 --batch 16 --lr 1e-3 --warmup 150 --token-drop 0.3 --drop-start 1500 \
+        --eval-every 250 --val-n 250 --test-n 500 --aux-weight 0.5 --aux-layer 1 [--resume]
+    # then copy out/tokpress-synth-qwen2.5-vl (not the sibling .state directory) to
+    # eval/models/tokpress-synth-qwen2.5-vl, where ``tokpress eval`` and ``tokpress bench`` look for it
 
-On CPU (2 cores) one step of the default size at batch 32 (about 58 question rows of about 300 tokens) takes
-about 3.3 s with the data built in one worker process (3.6-4.5 s fwd+bwd+AdamW alone on 2 threads, plus 0.37 s to
-render and encode the 32 videos inline), so the CPU is for smoke runs, not for the shipped model.
+Each call may stop cleanly after ``--time-limit`` seconds (state saved); the same command with ``--resume``
+continues (``--steps`` fixes the cosine schedule, keep it). On a GPU add ``--device cuda --workers 12`` and a
+larger ``--batch``. On 2 CPU cores a step of 16 videos takes about 1.0-1.2 s (packed rows of ~170-240 tokens,
+data built in one worker process).
 
-Design decisions (see ``/work/shared/reference/synthetic-training.md`` for the trial that motivated them):
+Design decisions (``/work/shared/reference/synthetic-training.md`` records the first trial that motivated them;
+``eval/results/train-synth-cpu-trial/`` the second):
 
-**Model.** ``synth_model_config`` builds a real ``Qwen2_5_VLConfig``: vision tower 2 blocks x 96 wide (4 heads,
-window 112 px = one frame, block 1 full attention), text model 4 layers x 192 (4 heads, head dim 48, MLP 768),
-``tie_word_embeddings=False``; about 3.1 M parameters, 12.5 MB in fp32. 16 frames of 112x112 make a
-``[8, 8, 8]`` patch grid and **128 video tokens**. The vocabulary is the 256-id character tokenizer of
-:mod:`tokpress.eval.tiny_processor` (``<|im_end|>`` = 2 is the end-of-turn / eos token, pad = 0), unchanged, so
-the processor is exactly ``tiny_processor("qwen2_5_vl")`` and is saved with ``save_pretrained``.
+**Model and tokenizer.** :mod:`tokpress.eval.synth_model`: a real ``Qwen2_5_VLConfig`` (vision 2 x 96, text
+4 x 192, ~3.1 M parameters, 12.5 MB in fp32; 16 frames of 112x112 -> ``[8, 8, 8]`` patches -> **128 video
+tokens**), small RoPE bases, ``tokens_per_second = 1``, and a *word-level* tokenizer that keeps the special ids
+of :mod:`tokpress.eval.tiny_processor`: every option is one token, a prompt is ~35 text tokens. The second trial
+used the character tokenizer: its mean per-token loss fell to 0.29 while option accuracy stayed at chance,
+because the easy continuation characters dominated the loss and the prompts were ~190 tokens long.
 
-**RoPE.** Tiny head dims need small RoPE bases, or the height/width sections of M-RoPE (its lowest frequencies)
-rotate by almost nothing across a 4x4 grid: text ``rope_theta=5`` with ``mrope_section=[6, 9, 9]`` (sums to
-head_dim / 2), vision ``rope_theta=100``. **tokens_per_second = 12**: the processor, called without video
-metadata as ``tokpress eval`` calls it, reports ``second_per_grid_ts = 2 / 24`` s, and Qwen2.5-VL's temporal
-position is ``int(t * tokens_per_second * second_per_grid_ts)``; with 12 the 8 temporal grids get positions
-0..7 (with the usual 1 or 2 they would all collapse onto 0 and the LLM would get no temporal position at all).
+**Prompt and answer, exactly as** :mod:`tokpress.eval.accuracy` **scores them.** The first turn of every row is
+``chat_prompt(processor, format_prompt(question, options, "word"))`` followed by the answer word and
+``<|im_end|>``; the loss is cross-entropy on the answer tokens only. Eval scores every option by the mean
+log-likelihood of the same tokens, so the training target is the scoring rule.
 
-**Prompt and answer, exactly as** :mod:`tokpress.eval.accuracy` **scores them.** Each row is
-``chat_prompt(processor, format_prompt(question, options, "word"))`` (ChatML user turn: video placeholder, the
-question, ``Options: a, b, c, d.``, the one-word instruction; then the assistant generation prompt) followed by
-the answer *word* and ``<|im_end|>``. The loss is cross-entropy on the answer tokens only (word characters + end of
-turn), averaged per row, then over rows. Eval scores every option by the mean log-likelihood of the same tokens,
-so the training target is the scoring rule. Words, not A-D letters: letters stalled at chance in the trial.
+**Several questions per video, one row (``--no-pack`` turns it off).** A video carries 1-3 questions (start and
+end colour, needle shape and colour, one per quadrant visited); they are shuffled and packed as turns of one
+chat: the first is exactly the single-question eval prompt, each further one a text-only user turn followed by
+its answer. One vision pass and one LLM pass per video instead of one per question (about 1.8x fewer LLM tokens).
 
-**Several questions per video, one vision pass.** Each training video comes from
-``make_split("train", 1, tasks=[task], offset=i, all_questions=True)`` (train seeds, never val/test), so it carries
-all its questions (1-3: start/end colour, needle shape/colour, one per quadrant visited). The vision tower runs
-once per video; its 128 features are scattered into one row per question. Every row is the exact single-question
-eval prompt (no multi-turn packing), so there is no train/eval format gap.
+**Auxiliary per-token targets (``--aux-weight``, ``--aux-layer``, ``--no-aux-words``).** :class:`AuxHeads`
+puts linear probes on every video token: colour and shape from the vision tower's merged features; slot, row,
+column, colour, shape and "changed since slot 0" from decoder layer ``aux_layer``'s output; and (word probes)
+the colour and shape *words* from the final hidden state through the model's own LM head. The probes are
+training-only (not saved); the model must make these facts linearly readable, which is exactly what the
+questions need. Without them the first trial saw position, direction, counting and the needle stay at chance for
+2,500 steps; with the position probes direction and counting were learned within 750-1,000 steps here.
+
+**Evidence head (``--evidence-weight``, ``--evidence-layer``).** :class:`EvidenceAttention` asks head 0 of one
+decoder layer (default: the last) to put its attention, from the token that predicts each answer, on the video
+tokens that hold the answer (:func:`evidence_tokens`: the asked phase of the square, the needle, the lit lamp, the
+square in the asked colour); the loss is ``-log`` of that attention mass. Questions that need *one* token out of 128
+(the needle, a colour at a place) stayed at chance for 2,750 steps with the probes alone: the answer's gradient
+through a softmax over 128 near-identical tokens is tiny until the selection exists. Side effect, for readers of
+the benchmark: one head of the last layer attends to the evidence by construction. No method in tokpress reads
+that layer: every attention-scored cut (FastV, PyramidDrop, FrameFusion, HoliTom, PruneVid, DyCoke's decode stage)
+uses the layer before its cut, at most layer 2 of the 4, whose attention is not supervised.
 
 **Task mix (curriculum).** Each video's task is drawn per block of ``--eval-every`` steps; with
 ``--task-mix adaptive`` (default) the weights are half uniform, half proportional to each task's validation error
@@ -86,8 +95,7 @@ then cosine decay to 10 % of ``--lr``. TF32 matmuls on CUDA; ``--bf16`` autocast
 worker processes or inline with identical results. On CPU two runs with the same arguments give identical curves
 and weights; resuming at a saved state continues the same run.
 
-**Not done here** (left for a CPU-only route): auxiliary targets through the vision tower, per-task difficulty
-schedules beyond ``--easy-until``.
+**Not done here:** per-task difficulty schedules beyond ``--easy-until``; training through tokpress's own hooks.
 """
 
 from __future__ import annotations
@@ -111,7 +119,10 @@ import torch
 
 from tokpress.config import budget
 from tokpress.errors import ConfigError
-from tokpress.eval.synth import TASKS, SynthConfig, make_split
+from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, TASKS, SynthConfig, make_split
+from tokpress.eval.synth_model import FAMILY, MICRO, ModelSize, build_model, build_processor, synth_model_config
+
+__all__ = ["FAMILY", "MICRO", "ModelSize", "build_model", "build_processor", "synth_model_config", "train", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,40 +131,9 @@ DROP_PATTERNS = ("random", "frames", "cells")
 CURVE_FILE = "curve.jsonl"
 ARGS_FILE = "training_args.json"
 STATE_FILE = "state.pt"
-FAMILY = "qwen2_5_vl"
 
 
 # ------------------------------------------------------------------------------------------------------ config
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """Widths and depths of the model (defaults: the ~3.1 M-parameter synth model)."""
-
-    text_hidden: int = 192
-    text_layers: int = 4
-    text_heads: int = 4
-    text_intermediate: int = 768
-    vision_hidden: int = 96
-    vision_depth: int = 2
-    vision_heads: int = 4
-    vision_intermediate: int = 384
-    rope_theta: float = 5.0
-    vision_rope_theta: float = 100.0
-    tokens_per_second: int = 12
-
-
-#: A few-thousand-parameter size for smoke tests.
-MICRO = ModelSize(
-    text_hidden=32,
-    text_layers=2,
-    text_heads=2,
-    text_intermediate=64,
-    vision_hidden=32,
-    vision_depth=2,
-    vision_heads=2,
-    vision_intermediate=64,
-)
 
 
 @dataclass
@@ -177,6 +157,12 @@ class TrainConfig:
     prefetch: int = 4  # batches in flight per worker
     token_drop: float = 0.3  # probability that a row has video tokens dropped
     first_token_weight: float = 1.0  # loss weight of the first answer token (the decision); the rest weigh 1
+    aux_weight: float = 0.5  # weight of the auxiliary per-video-token targets (0: off; see AuxHeads)
+    aux_layer: int = 1  # decoder layer whose output the LLM-side auxiliary heads read
+    pack: bool = True  # a video's questions as turns of one row (False: one row per question)
+    aux_words: bool = True  # with aux: also name each video token's colour / shape with the LM head's words
+    evidence_weight: float = 0.0  # weight of the evidence-head loss (EvidenceAttention; 0: off)
+    evidence_layer: int | None = None  # its decoder layer (None: the last)
     min_keep: float = 0.1
     drop_start: int = 0
     drop_patterns: tuple[str, ...] = DROP_PATTERNS
@@ -204,6 +190,11 @@ class TrainConfig:
             )
         if not self.drop_patterns or any(p not in DROP_PATTERNS for p in self.drop_patterns):
             raise ConfigError(f"drop_patterns must be a non-empty subset of {DROP_PATTERNS}, got {self.drop_patterns}")
+        if self.aux_weight < 0 or not 0 <= self.aux_layer < self.size.text_layers:
+            raise ConfigError(
+                f"need aux_weight >= 0 and 0 <= aux_layer < text_layers ({self.size.text_layers}), "
+                f"got {self.aux_weight}, {self.aux_layer}"
+            )
         if self.task_mix not in ("adaptive", "uniform"):
             raise ConfigError(f"task_mix must be 'adaptive' or 'uniform', got {self.task_mix!r}")
         if not self.tasks or any(t not in TASKS for t in self.tasks):
@@ -212,87 +203,6 @@ class TrainConfig:
             raise ConfigError(f"val_n must be >= the number of tasks ({len(self.tasks)}), got {self.val_n}")
         if any(not 0 < r < 1 for r in self.val_ratios):
             raise ConfigError(f"val_ratios must be in (0, 1), got {self.val_ratios}")
-
-
-def _mrope_section(head_dim: int) -> list[int]:
-    """Temporal / height / width frequency counts summing to ``head_dim // 2`` (48 -> [6, 9, 9])."""
-    half = head_dim // 2
-    t = max(1, half // 4)
-    h = (half - t) // 2
-    return [t, h, half - t - h]
-
-
-def synth_model_config(size: ModelSize = ModelSize()) -> Any:
-    """The ``Qwen2_5_VLConfig`` of the synth model (token ids of :mod:`tokpress.eval.tiny_processor`)."""
-    from transformers import Qwen2_5_VLConfig
-
-    from tokpress.eval.tiny import IMAGE_ID, PAD_ID, VIDEO_ID, VISION_END_ID, VISION_START_ID, VOCAB
-    from tokpress.eval.tiny_processor import IM_END_ID, IM_START_ID
-
-    if size.text_hidden % size.text_heads or (size.text_hidden // size.text_heads) % 2:
-        raise ConfigError("text_hidden / text_heads must be an even head dim")
-    if size.vision_hidden % size.vision_heads or (size.vision_hidden // size.vision_heads) % 4:
-        raise ConfigError("vision_hidden / vision_heads must be a head dim divisible by 4 (axial RoPE)")
-    head_dim = size.text_hidden // size.text_heads
-    text = dict(
-        vocab_size=VOCAB,
-        hidden_size=size.text_hidden,
-        intermediate_size=size.text_intermediate,
-        num_hidden_layers=size.text_layers,
-        num_attention_heads=size.text_heads,
-        num_key_value_heads=size.text_heads,
-        max_position_embeddings=1024,
-        pad_token_id=PAD_ID,
-        bos_token_id=IM_START_ID,
-        eos_token_id=IM_END_ID,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": size.rope_theta,
-            "mrope_section": _mrope_section(head_dim),
-        },
-    )
-    vision = dict(
-        depth=size.vision_depth,
-        hidden_size=size.vision_hidden,
-        num_heads=size.vision_heads,
-        intermediate_size=size.vision_intermediate,
-        in_channels=3,
-        patch_size=14,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        window_size=112,
-        fullatt_block_indexes=[size.vision_depth - 1],
-        out_hidden_size=size.text_hidden,
-        tokens_per_second=size.tokens_per_second,
-        rope_parameters={"rope_type": "axial", "rope_theta": size.vision_rope_theta},
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=IMAGE_ID,
-        video_token_id=VIDEO_ID,
-        vision_start_token_id=VISION_START_ID,
-        vision_end_token_id=VISION_END_ID,
-        tie_word_embeddings=False,
-    )
-
-
-def build_model(size: ModelSize = ModelSize(), *, seed: int = 0, attn: str = "sdpa") -> Any:
-    """A freshly initialised ``Qwen2_5_VLForConditionalGeneration`` (fp32, train mode), seeded."""
-    from transformers import AutoModelForImageTextToText
-
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(synth_model_config(size), attn_implementation=attn)
-    gen = model.generation_config
-    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id = model.config.text_config.eos_token_id, 0, None
-    return model.train()
-
-
-def build_processor() -> Any:
-    """The model's processor: ``tiny_processor("qwen2_5_vl")`` (256-id character tokenizer, 112x112 frames)."""
-    from tokpress.eval.tiny_processor import tiny_processor
-
-    return tiny_processor(FAMILY)
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -308,6 +218,7 @@ class BatchSpec:
     drop: float  # probability that a row drops video tokens (0 before ``drop_start``)
     min_keep: float
     drop_patterns: tuple[str, ...]
+    pack: bool = False  # all questions of a video in one multi-turn row (first turn = the eval prompt)
 
 
 _PROCESSOR: Any = None
@@ -321,25 +232,39 @@ def _processor() -> Any:
     return _PROCESSOR
 
 
-def encode_rows(processor: Any, frames: np.ndarray, samples: Sequence[Any]) -> tuple[dict[str, torch.Tensor], list]:
-    """The video's processor tensors and, per sample, ``(prompt ids + answer ids, answer start)``.
+def encode_rows(
+    processor: Any, frames: np.ndarray, samples: Sequence[Any], *, pack: bool = False
+) -> tuple[dict[str, torch.Tensor], list[tuple[list[int], list[tuple[int, int]]]]]:
+    """The video's processor tensors and its rows: ``(token ids, [(answer start, answer stop), ...])`` each.
 
-    The prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
+    A row's prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
     ``<|video_pad|>`` placeholder expanded to the video's token count); the answer is the option word plus the
     tokenizer's end-of-turn token, as :func:`tokpress.eval.eval_data.encode_answers` encodes it for scoring.
+    One row per sample, or with ``pack`` one row per video: the first sample's prompt and answer, then each
+    further question as a text-only user turn of the chat template followed by its answer (every answer is a
+    target; the first turn is exactly the single-question eval prompt).
     """
     from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
 
     video = processor.video_processor(videos=[frames], return_tensors="pt")
     grid = video["video_grid_thw"]
     n_tokens = int(grid.prod()) // processor.video_processor.merge_size**2
-    pad = processor.video_token
-    rows = []
-    for s in samples:
-        text = chat_prompt(processor, format_prompt(s.question, s.options, "word"))
-        prompt = processor.tokenizer(text.replace(pad, pad * n_tokens), add_special_tokens=False)["input_ids"]
-        (answer,) = encode_answers(processor.tokenizer, [s.answer_word], True)
-        rows.append((list(prompt) + answer, len(prompt)))
+    pad, tokenizer = processor.video_token, processor.tokenizer
+    rows: list[tuple[list[int], list[tuple[int, int]]]] = []
+    for i, s in enumerate(samples):
+        if pack and i:
+            turn = [{"role": "user", "content": [{"type": "text", "text": format_prompt(s.question, s.options)}]}]
+            text = "\n" + processor.apply_chat_template(turn, add_generation_prompt=True)
+        else:
+            text = chat_prompt(processor, format_prompt(s.question, s.options, "word")).replace(pad, pad * n_tokens)
+        prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        (answer,) = encode_answers(tokenizer, [s.answer_word], True)
+        if pack and i:
+            ids, spans = rows[0]
+            start = len(ids) + len(prompt)
+            rows[0] = (ids + prompt + answer, [*spans, (start, start + len(answer))])
+        else:
+            rows.append((prompt + answer, [(len(prompt), len(prompt) + len(answer))]))
     return {"pixel_values_videos": video["pixel_values_videos"], "video_grid_thw": grid}, rows
 
 
@@ -366,9 +291,13 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
     """Render and encode batch ``spec`` (runs in a worker process or inline; a pure function of ``spec``).
 
     Returns CPU tensors: ``pixel_values_videos`` [V * patches, 1176], ``video_grid_thw`` [V, 3],
-    ``second_per_grid_ts`` [V], ``input_ids`` [R, L] (right-padded with 0), ``lengths`` [R], ``answer_start`` [R],
-    ``row_video`` [R], ``row_task`` [R] (index into :data:`TASKS`) and ``keep`` [R, L] (True: the row keeps this
-    token; False: padding or a dropped video token).
+    ``second_per_grid_ts`` [V], ``input_ids`` [R, L] (right-padded with 0), ``lengths`` [R], ``answer_start`` [R]
+    (of the row's first answer), ``answer_mask`` [R, L] (answer tokens: the targets) and ``answer_first`` [R, L]
+    (each answer's first token), ``row_video`` [R], ``row_task`` [R] (index into :data:`TASKS`), ``keep`` [R, L]
+    (True: the row keeps this token; False: padding or a dropped video token), ``labels`` [V, N, 6]
+    (:func:`token_labels`), ``answer_query`` [R, A] (position of the token that predicts each answer; -1: none)
+    and ``answer_evidence`` [R, A, N] (:func:`evidence_tokens` of each answer's question). With ``spec.pack`` a
+    video's questions are shuffled and packed into one row.
     """
     from tokpress.eval.tiny import PAD_ID, VIDEO_ID
 
@@ -376,23 +305,37 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
     base = config or SynthConfig()
     easy_config = dataclasses.replace(base, distractors=0, texture=False)
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.step, 7]))
-    pixels, grids, rows = [], [], []
+    pixels, grids, rows, labels = [], [], [], []
     for v, (task, offset, easy) in enumerate(spec.videos):
         samples = make_split(
             "train", 1, easy_config if easy else base, tasks=[task], offset=offset, all_questions=True
         )
-        video, encoded = encode_rows(processor, samples[0].frames, samples)
+        if spec.pack:
+            samples = [samples[int(i)] for i in rng.permutation(len(samples))]
+        video, encoded = encode_rows(processor, samples[0].frames, samples, pack=spec.pack)
         pixels.append(video["pixel_values_videos"])
         grids.append(video["video_grid_thw"][0])
-        for ids, start in encoded:
-            rows.append((ids, start, v, TASKS.index(task)))
+        labels.append(token_labels(samples[0].layout))
+        evidence = [evidence_tokens(s, labels[-1]) for s in samples]
+        for i, (ids, spans) in enumerate(encoded):
+            rows.append((ids, spans, v, TASKS.index(task), evidence if spec.pack else [evidence[i]]))
     width = max(len(ids) for ids, *_ in rows)
     input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     keep = torch.zeros((len(rows), width), dtype=torch.bool)
-    for r, (ids, _, v, _) in enumerate(rows):
+    answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    answer_first = torch.zeros((len(rows), width), dtype=torch.bool)
+    n_answers = max(len(spans) for _, spans, *_ in rows)
+    answer_query = torch.full((len(rows), n_answers), -1, dtype=torch.long)
+    answer_evidence = torch.zeros((len(rows), n_answers, labels[0].shape[0]), dtype=torch.bool)
+    for r, (ids, spans, v, _, evidence) in enumerate(rows):
+        for a, ((start, _), ev) in enumerate(zip(spans, evidence)):
+            answer_query[r, a], answer_evidence[r, a] = start - 1, ev
         row = torch.tensor(ids, dtype=torch.long)
         input_ids[r, : len(ids)] = row
         keep[r, : len(ids)] = True
+        for start, stop in spans:
+            answer_mask[r, start:stop] = True
+            answer_first[r, start] = True
         grid = tuple(int(x) for x in grids[v])
         merged = (grid[0], grid[1] // 2, grid[2] // 2)
         kept = _keep_video(rng, spec, merged)
@@ -407,20 +350,215 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
         "second_per_grid_ts": torch.full((len(grids),), _seconds_per_grid(processor), dtype=torch.float32),
         "input_ids": input_ids,
         "lengths": torch.tensor([len(ids) for ids, *_ in rows]),
-        "answer_start": torch.tensor([start for _, start, _, _ in rows]),
-        "row_video": torch.tensor([v for *_, v, _ in rows]),
-        "row_task": torch.tensor([t for *_, t in rows]),
+        "answer_start": torch.tensor([spans[0][0] for _, spans, *_ in rows]),
+        "answer_query": answer_query,
+        "answer_evidence": answer_evidence,
+        "answer_mask": answer_mask,
+        "answer_first": answer_first,
+        "row_video": torch.tensor([r[2] for r in rows]),
+        "row_task": torch.tensor([r[3] for r in rows]),
         "keep": keep,
+        "labels": torch.stack(labels),
     }
 
 
+def evidence_tokens(sample: Any, labels: torch.Tensor) -> torch.Tensor:
+    """``[N]`` bool: the video tokens that hold the answer to ``sample``'s question (from the scene's ground truth).
+
+    ``color_extremes``: the square in the asked phase (first / last); ``direction``: the moving square everywhere;
+    ``flash_count``: the lamp while it is on; ``needle``: the tokens that differ from slot 0 (the needle);
+    ``position``: the square while it has the asked colour.
+    """
+    meta, color, slot = sample.metadata, labels[:, 0], labels[:, 2]
+    task = sample.task
+    if task == "color_extremes":
+        s0, s1 = meta["phase_slots"][0 if meta["variant"] == "start" else 2]
+        row, col = meta["cell"]
+        return (labels[:, 3] == row) & (labels[:, 4] == col) & (slot >= s0) & (slot < s1)
+    if task == "direction":
+        return color == LAYOUT_COLORS.index(meta["color"])
+    if task == "flash_count":
+        return color == LAYOUT_COLORS.index("lamp-on")
+    if task == "needle":
+        return labels[:, 5] == 1
+    return color == LAYOUT_COLORS.index(meta["variant"])  # position: the variant is the asked colour
+
+
+#: Loss weight of the "changed" class of the ``changed`` probe (the other class weighs 1).
+CHANGED_WEIGHT = 10.0
+#: Columns of :func:`token_labels` and the classes of each.
+LABELS: tuple[str, ...] = ("color", "shape", "slot", "row", "col", "changed")
+
+
+def token_labels(layout: np.ndarray) -> torch.Tensor:
+    """Per-video-token targets of a synth video, in Qwen's token order (slot, row, col).
+
+    Args:
+        layout: ``[T, grid, grid, 2]`` :attr:`~tokpress.eval.synth.Sample.layout` (colour code, shape code).
+
+    Returns:
+        ``[T / 2 * grid * grid, 6]`` long: colour code, shape code (of the slot's first frame: a one-frame needle
+        is painted there), slot, row, col, and ``changed`` (1 where the cell holds something other than at slot 0).
+    """
+    cells = torch.from_numpy(np.ascontiguousarray(layout[0::2])).long()  # [S, G, G, 2]
+    slots, grid = cells.shape[0], cells.shape[1]
+    s, r, c = torch.meshgrid(torch.arange(slots), torch.arange(grid), torch.arange(grid), indexing="ij")
+    changed = (cells[..., 0] > 0) & (cells != cells[:1]).any(-1)
+    out = torch.stack([cells[..., 0], cells[..., 1], s, r, c, changed.long()], dim=-1)
+    return out.reshape(-1, len(LABELS))
+
+
+class AuxHeads(torch.nn.Module):
+    """Training-only linear probes that give the model dense targets on every video token (never saved with it).
+
+    ``vision``: colour and shape of each token from the vision tower's merged features (the LLM's video
+    embeddings). ``llm``: slot, row, col, colour, shape and ``changed`` from decoder layer ``aux_layer``'s output
+    at each kept video token. The question answers need exactly these facts (which colour where and when, what
+    appeared or changed); without help a tiny model finds them only after long plateaus (the CPU trial:
+    position, direction, counting and the needle stayed at chance for 2,500 steps). The probes are linear, so
+    the features must become linearly readable in the model itself.
+    """
+
+    def __init__(self, hidden: int, slots: int, grid: int) -> None:
+        super().__init__()
+        self.sizes = {"color": len(LAYOUT_COLORS), "shape": 1 + len(SHAPES), "slot": slots, "row": grid, "col": grid}
+        self.sizes["changed"] = 2
+        self.vision = torch.nn.Linear(hidden, self.sizes["color"] + self.sizes["shape"])
+        self.llm = torch.nn.Linear(hidden, sum(self.sizes.values()))
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for name in names:
+            n = self.sizes[name]
+            part, target = logits[:, start : start + n].float(), labels[:, LABELS.index(name)]
+            weight = None
+            if name == "changed":  # ~3 % of the tokens change: weigh them up so the probe cannot ignore them
+                weight = torch.tensor([1.0, CHANGED_WEIGHT], device=part.device)
+            out[name] = torch.nn.functional.cross_entropy(part, target, weight=weight)
+            out[f"{name}_acc"] = (part.argmax(-1) == target).float().mean().detach()
+            start += n
+        return out
+
+    def forward(self, capture: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy of all probes and per-probe ``{name: loss, name_acc: accuracy}`` (vision: ``v_``)."""
+        feats = capture["video_features"]
+        vision = self._loss(self.vision(feats), labels.reshape(-1, labels.shape[-1]), ("color", "shape"))
+        rows = labels[capture["row_video"]]  # [R, N, 6]
+        ordinal, kept = capture["video_ordinal"], capture["video_kept"]
+        llm_labels = rows.gather(1, ordinal.clamp(min=0)[..., None].expand(-1, -1, rows.shape[-1]))[kept]
+        llm = self._loss(self.llm(capture["layer_hidden"][kept]), llm_labels, tuple(self.sizes))
+        stats = {f"v_{k}": v for k, v in vision.items()} | llm
+        if "word_logits" in capture:
+            stats |= self._word_loss(capture["word_logits"], llm_labels)
+        losses = [v for k, v in stats.items() if not k.endswith("_acc")]
+        return torch.stack(losses).mean(), stats
+
+    def _word_loss(self, word_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Name each kept video token's colour, shape and quadrant with the answer words' logits of the LM head (a
+        softmax over the 8 colour words, one over the 6 shape words and one over the 4 quadrant words, on the
+        tokens that hold a coloured shape)."""
+        out = {}
+        half = self.sizes["row"] // 2
+        quadrant = 2 * (labels[:, 3] >= half).long() + (labels[:, 4] >= half).long() + 1  # POSITIONS order, 1-based
+        colored = (labels[:, 0] >= 1) & (labels[:, 0] < LAYOUT_COLORS.index("lamp-off"))
+        for name, code in (("color", labels[:, 0]), ("shape", labels[:, 1]), ("position", quadrant)):
+            if name not in word_logits:
+                continue
+            logits = word_logits[name].float()  # [kept, n words]
+            code = code - 1  # colour codes 1..8 are the COLORS words, shape codes 1..6 the SHAPES, quadrants 1..4
+            use = colored & (code >= 0) & (code < logits.shape[1])
+            if bool(use.any()):
+                out[f"word_{name}"] = torch.nn.functional.cross_entropy(logits[use], code[use])
+                out[f"word_{name}_acc"] = (logits[use].argmax(-1) == code[use]).float().mean().detach()
+        return out
+
+
+class EvidenceAttention:
+    """Head ``head`` of decoder layer ``layer`` as an *evidence head*: its attention from the token that predicts each
+    answer should fall on the video tokens that hold the answer (:func:`evidence_tokens`).
+
+    The layer's queries and keys are kept by :class:`tokpress.patches.attention.ProjectionCapture` hooks and its
+    rotary tables by a pre-hook, so the scores are the ones the layer computes (any attention implementation).
+    :meth:`loss` is ``-log`` of the attention mass on the evidence, averaged over the answers that kept at least
+    one evidence token. Training-only: the hooks are removed with :meth:`remove`.
+    """
+
+    def __init__(self, model: Any, layer: int, head: int = 0) -> None:
+        from tokpress.patches.attention import ProjectionCapture
+
+        block = model.model.language_model.layers[layer]
+        self.capture = ProjectionCapture(block.self_attn, all_queries=True)
+        self.head, self.tables = head, None
+        self.handles = [*self.capture.install(), block.register_forward_pre_hook(self._on_layer, with_kwargs=True)]
+
+    def _on_layer(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if self.capture.active:
+            self.tables = kwargs["position_embeddings"]
+
+    def loss(self, batch: dict[str, torch.Tensor], capture: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, mean evidence mass)`` of the last forward (``capture`` from :func:`forward_rows`)."""
+        from tokpress.patches.attention import rotate_half
+
+        index, valid, ordinal = capture["index"], capture["valid"], capture["video_ordinal"]
+        device = index.device
+        query = batch["answer_query"].to(device)  # [R, A] original positions
+        hit = index[:, None, :] == query[..., None]  # [R, A, K]
+        has_query = (query >= 0) & hit.any(-1)
+        qpos = hit.float().argmax(-1)  # [R, A] kept index of each answer's query token
+        cos, sin = self.tables
+        q, k = self.capture.q, self.capture.k  # [R, K, H, d], [R, KV, K, d] before rotation
+        group = q.shape[2] // k.shape[1]
+        rows = torch.arange(q.shape[0], device=device)[:, None]
+        qh = q[rows, qpos, self.head].float()  # [R, A, d]
+        qc, qs = cos[rows, qpos].float(), sin[rows, qpos].float()
+        qh = qh * qc + rotate_half(qh) * qs
+        kh = k[:, self.head // group].float()
+        kh = kh * cos.float() + rotate_half(kh) * sin.float()  # [R, K, d]
+        logits = torch.einsum("rad,rkd->rak", qh, kh) * self.capture.scaling
+        keys = torch.arange(index.shape[1], device=device)
+        allowed = valid[:, None, :] & (keys[None, None, :] <= qpos[..., None])
+        probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        evidence = batch["answer_evidence"].to(device)  # [R, A, N]
+        on = evidence.gather(2, ordinal.clamp(min=0)[:, None, :].expand(-1, evidence.shape[1], -1))
+        on = on & (ordinal >= 0)[:, None, :] & allowed
+        use = has_query & on.any(-1)
+        mass = (probs * on).sum(-1)[use]
+        if not bool(use.any()):
+            zero = probs.sum() * 0.0
+            return zero, zero.detach()
+        return -torch.log(mass + 1e-6).mean(), mass.mean().detach()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.capture.clear()
+
+
+def answer_word_ids(processor: Any) -> dict[str, torch.Tensor]:
+    """Token ids of the colour words (in :data:`~tokpress.eval.synth.COLORS` order), shape words (``SHAPES``) and
+    quadrant words (``POSITIONS``);
+    each word must be one token (the word-level tokenizer of :mod:`tokpress.eval.synth_model`)."""
+    from tokpress.eval.synth import COLORS, POSITIONS
+
+    out = {}
+    for name, words in (("color", list(COLORS)), ("shape", list(SHAPES)), ("position", list(POSITIONS))):
+        ids = [processor.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ConfigError(f"the {name} words must be single tokens for the word probes (use --no-aux-words)")
+        out[name] = torch.tensor([i[0] for i in ids])
+    return out
+
+
 def _seconds_per_grid(processor: Any) -> float:
-    """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a video passed without metadata."""
+    """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a synth video (``SYNTH_FPS`` metadata: 1.0 s)."""
     if not hasattr(processor, "_synth_spg"):
         from tokpress.eval.eval_data import chat_prompt
+        from tokpress.eval.synth import SYNTH_FPS
+        from tokpress.eval.video import video_metadata_kwargs
 
         frames = np.zeros((2, 28, 28, 3), np.uint8)
-        out = processor(text=[chat_prompt(processor, "?")], videos=[frames], return_tensors="pt")
+        meta = video_metadata_kwargs(processor, len(frames), SYNTH_FPS)
+        out = processor(text=[chat_prompt(processor, "?")], videos=[frames], return_tensors="pt", **meta)
         processor._synth_spg = float(out["second_per_grid_ts"][0])
     return processor._synth_spg
 
@@ -492,7 +630,13 @@ class RopeCache:
 
 
 def forward_rows(
-    model: Any, batch: dict[str, torch.Tensor], positions: torch.Tensor, *, keep: torch.Tensor | None = None
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    positions: torch.Tensor,
+    *,
+    keep: torch.Tensor | None = None,
+    capture: dict[str, Any] | None = None,
+    capture_layer: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the rows of ``batch`` through the model with one vision pass per video and video tokens dropped.
 
@@ -502,7 +646,10 @@ def forward_rows(
 
     Returns:
         ``hidden`` [R, K, D] (final-norm hidden states of the kept tokens, right-padded), ``index`` [R, K] (the
-        original position of each kept token) and ``valid`` [R, K].
+        original position of each kept token) and ``valid`` [R, K]. A ``capture`` dict receives what
+        :class:`AuxHeads` reads: ``video_features`` [V * N, D], ``layer_hidden`` [R, K, D] (output of decoder layer
+        ``capture_layer``), ``video_ordinal`` [R, K] (which video token each kept token is; -1: text),
+        ``video_kept`` [R, K] and ``row_video`` [R].
     """
     device = next(model.parameters()).device
     ids = batch["input_ids"].to(device)
@@ -523,8 +670,24 @@ def forward_rows(
     embeds = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[-1]))
     pos = positions.to(device).gather(2, index[None].expand(3, -1, -1))
     out = model.model.language_model(
-        inputs_embeds=embeds, attention_mask=valid.long(), position_ids=pos, use_cache=False
+        inputs_embeds=embeds,
+        attention_mask=valid.long(),
+        position_ids=pos,
+        use_cache=False,
+        output_hidden_states=capture is not None,
     )
+    if capture is not None:
+        is_video = ids == video_id
+        ordinal = torch.where(is_video, is_video.long().cumsum(1) - 1, -1).gather(1, index)
+        capture.update(
+            video_features=torch.cat(list(feats)),
+            layer_hidden=out.hidden_states[capture_layer + 1],
+            video_ordinal=ordinal,
+            video_kept=(ordinal >= 0) & valid,
+            row_video=batch["row_video"].to(device),
+            index=index,
+            valid=valid,
+        )
     return out.last_hidden_state, index, valid
 
 
@@ -535,6 +698,8 @@ def answer_loss(
     *,
     keep: torch.Tensor | None = None,
     first_weight: float = 1.0,
+    capture: dict[str, Any] | None = None,
+    capture_layer: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean over rows of the per-row weighted mean cross-entropy of the answer tokens (the first answer token
     weighted ``first_weight``, the rest 1); also the per-row losses (detached).
@@ -542,18 +707,21 @@ def answer_loss(
     With character-level answers the first token carries the decision and the rest are nearly free: a CPU trial
     (eval/results/train-synth-cpu-trial) saw the plain mean fall to 0.29 with option accuracy at chance.
     """
-    hidden, index, valid = forward_rows(model, batch, positions, keep=keep)
+    hidden, index, valid = forward_rows(
+        model, batch, positions, keep=keep, capture=capture, capture_layer=capture_layer
+    )
+    if capture is not None and "word_ids" in capture:  # answer-word logits at the kept video tokens
+        video = hidden[capture["video_kept"]]
+        weight = model.lm_head.weight
+        capture["word_logits"] = {name: video @ weight[ids].T for name, ids in capture["word_ids"].items()}
     device = hidden.device
     ids = batch["input_ids"].to(device).gather(1, index)
-    cols = index
-    start = batch["answer_start"].to(device)[:, None]
-    length = batch["lengths"].to(device)[:, None]
-    is_answer = (cols >= start) & (cols < length) & valid
+    is_answer = batch["answer_mask"].to(device).gather(1, index) & valid
     target = is_answer[:, 1:]  # token j + 1 is predicted from hidden state j
     logits = model.lm_head(hidden[:, :-1][target]).float()
     ce = torch.nn.functional.cross_entropy(logits, ids[:, 1:][target], reduction="none")
     rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(target)[target]
-    first = (cols[:, 1:] == start)[target]  # the token at answer_start is the first one predicted
+    first = batch["answer_first"].to(device).gather(1, index)[:, 1:][target]
     weight = torch.where(first, torch.full_like(ce, first_weight), torch.ones_like(ce))
     per_row = torch.zeros(ids.shape[0], device=device).index_add(0, rows, ce * weight)
     per_row = per_row / torch.zeros(ids.shape[0], device=device).index_add(0, rows, weight).clamp(min=1e-6)
@@ -568,7 +736,7 @@ def val_samples(n: int, tasks: Sequence[str], config: SynthConfig | None = None,
     from tokpress.eval.eval_data import EvalSample
 
     return [
-        EvalSample(f"{s.video_id}_q0", s.task, s.question, list(s.options), s.answer, frames=s.frames)
+        EvalSample(f"{s.video_id}_q0", s.task, s.question, list(s.options), s.answer, frames=s.frames, fps=SYNTH_FPS)
         for s in make_split(split, n, config, tasks)  # type: ignore[arg-type]
     ]
 
@@ -635,7 +803,7 @@ def block_specs(cfg: TrainConfig, start: int, stop: int, weights: Sequence[float
         easy = rng.random(cfg.batch) < easy_share
         videos = tuple((cfg.tasks[int(t)], step * cfg.batch + v, bool(e)) for v, (t, e) in enumerate(zip(picks, easy)))
         drop = cfg.token_drop if step >= cfg.drop_start else 0.0
-        specs.append(BatchSpec(step, cfg.seed, videos, drop, cfg.min_keep, tuple(cfg.drop_patterns)))
+        specs.append(BatchSpec(step, cfg.seed, videos, drop, cfg.min_keep, tuple(cfg.drop_patterns), cfg.pack))
     return specs
 
 
@@ -665,18 +833,57 @@ def train_step(
     clip: float = 1.0,
     bf16: bool = False,
     first_weight: float = 1.0,
+    aux: AuxHeads | None = None,
+    aux_weight: float = 0.0,
+    aux_layer: int = 1,
+    word_ids: dict[str, torch.Tensor] | None = None,
+    evidence: EvidenceAttention | None = None,
+    evidence_weight: float = 0.0,
+    stats: dict[str, float] | None = None,
 ) -> tuple[float, torch.Tensor]:
-    """One optimiser step on ``batch``; returns the loss and the per-row losses."""
+    """One optimiser step on ``batch``; returns the answer loss and the per-row losses.
+
+    With ``aux`` (and ``aux_weight > 0``) the step minimises ``answer + aux_weight * aux`` (the optimizer must
+    hold the heads' parameters too); ``stats`` receives the auxiliary losses and accuracies. ``word_ids``
+    (``{"color": [8], "shape": [6], "position": [4]}`` token ids of the answer words) adds the word probes of
+    :meth:`AuxHeads._word_loss` through the model's own LM head. ``evidence`` (with ``evidence_weight > 0``) adds
+    ``evidence_weight *`` :meth:`EvidenceAttention.loss`.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     device = next(model.parameters()).device
+    use_aux = aux is not None and aux_weight > 0
+    use_evidence = evidence is not None and evidence_weight > 0
+    capture: dict[str, Any] | None = {} if use_aux or use_evidence else None
+    if use_aux and word_ids:
+        capture["word_ids"] = {k: v.to(device) for k, v in word_ids.items()}
+    if use_evidence:
+        evidence.capture.active = True
     with torch.enable_grad():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, per_row = answer_loss(model, batch, positions, first_weight=first_weight)
+            try:
+                loss, per_row = answer_loss(
+                    model, batch, positions, first_weight=first_weight, capture=capture, capture_layer=aux_layer
+                )
+            finally:
+                if use_evidence:
+                    evidence.capture.active = False
+            total = loss
+            if use_evidence:
+                ev_loss, ev_mass = evidence.loss(batch, capture)
+                total = total + evidence_weight * ev_loss
+                if stats is not None:
+                    stats.update(evidence=float(ev_loss.detach()), evidence_mass=float(ev_mass))
+            if use_aux:
+                aux_loss, aux_stats = aux(capture, batch["labels"].to(device))
+                total = total + aux_weight * aux_loss
+                if stats is not None:
+                    stats.update({k: float(v.detach()) for k, v in aux_stats.items()}, aux=float(aux_loss.detach()))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
     return float(loss.detach()), per_row.cpu()
 
@@ -800,7 +1007,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     processor = build_processor()
     model = build_model(cfg.size, seed=cfg.seed, attn=cfg.attn).to(device)
-    optimizer = make_optimizer(model, cfg)
+    synth = SynthConfig()
+    aux = AuxHeads(cfg.size.text_hidden, synth.slots, synth.grid).to(device) if cfg.aux_weight > 0 else None
+    optimizer = make_optimizer(model if aux is None else torch.nn.ModuleList([model, aux]), cfg)
     n_params = sum(p.numel() for p in model.parameters())
     curve = out / CURVE_FILE
     state: dict[str, Any] = {
@@ -816,6 +1025,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.resume and (state_dir / STATE_FILE).is_file():
         saved = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
+        if aux is not None:
+            aux.load_state_dict(saved["aux"])
         optimizer.load_state_dict(saved["optimizer"])
         state.update(saved["run"])
         logger.info("resumed from %s at step %d", state_dir, state["step"])
@@ -833,7 +1044,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     prepared = prepare_samples(model, processor, val)
     rope = RopeCache(model)
     video_id = model.config.video_token_id
-    synth = SynthConfig()
+    word_ids = answer_word_ids(processor) if cfg.aux_words else None
+    evidence = None
+    if cfg.evidence_weight > 0:
+        layer = cfg.size.text_layers - 1 if cfg.evidence_layer is None else cfg.evidence_layer
+        evidence = EvidenceAttention(model, layer)
     call_start = time.perf_counter()  # --time-limit counts from here (this call), elapsed_s over the whole run
     t0 = call_start - state["elapsed"]
     stopped = False
@@ -861,15 +1076,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         state["elapsed"] = time.perf_counter() - t0
         state_dir.mkdir(parents=True, exist_ok=True)
         run = dict(state, step=step)
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run}, state_dir / STATE_FILE
-        )
+        saved = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "run": run}
+        if aux is not None:
+            saved["aux"] = aux.state_dict()
+        torch.save(saved, state_dir / STATE_FILE)
 
     if state["best_step"] is None:
         evaluate_and_save(0)
     step = state["step"]
     window: list[float] = []
     task_loss: dict[str, list[float]] = {}
+    aux_window: dict[str, list[float]] = {}
     while step < cfg.steps and not stopped:
         block_end = min(cfg.steps, (step // cfg.eval_every + 1) * cfg.eval_every)
         specs = block_specs(cfg, step, block_end, task_weights(cfg.tasks, state["val"], cfg.task_mix))
@@ -884,7 +1101,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 clip=cfg.clip,
                 bf16=cfg.bf16,
                 first_weight=cfg.first_token_weight,
+                aux=aux,
+                aux_weight=cfg.aux_weight,
+                aux_layer=cfg.aux_layer,
+                word_ids=word_ids,
+                evidence=evidence,
+                evidence_weight=cfg.evidence_weight,
+                stats=(stats := {}),
             )
+            for k, v in stats.items():
+                aux_window.setdefault(k, []).append(v)
             step += 1
             state["rows"] += int(batch["input_ids"].shape[0])
             state["videos"] += int(batch["video_grid_thw"].shape[0])
@@ -902,9 +1128,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     "videos_seen": state["videos"],
                     "task_loss": {t: float(np.mean(v)) for t, v in task_loss.items()},
                 }
+                if aux_window:
+                    record["aux"] = {k: round(float(np.mean(v)), 4) for k, v in aux_window.items()}
                 _append_curve(curve, record)
                 logger.info("step %d  loss %.4f  (%.1f s)", step, record["loss"], record["elapsed_s"])
-                window, task_loss = [], {}
+                window, task_loss, aux_window = [], {}, {}
             if stopped:
                 break
         evaluate_and_save(step)  # at the block's end, or mid-block when stopped (state saved for --resume)
@@ -983,6 +1211,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         default=d.first_token_weight,
         help="loss weight of the answer's first token (the decision between options)",
     )
+    p.add_argument("--aux-weight", type=float, default=d.aux_weight, help="weight of the per-token probes (0: off)")
+    p.add_argument("--aux-layer", type=int, default=d.aux_layer, help="decoder layer the LLM-side probes read")
+    p.add_argument("--no-aux-words", action="store_true", help="no colour/shape word probes through the LM head")
+    p.add_argument("--evidence-weight", type=float, default=d.evidence_weight, help="evidence-head loss weight")
+    p.add_argument("--evidence-layer", type=int, default=None, help="decoder layer of the evidence head (last)")
+    p.add_argument("--no-pack", action="store_true", help="one row per question instead of one multi-turn row")
     p.add_argument("--drop-start", type=int, default=d.drop_start, help="first step with token drop")
     p.add_argument("--drop-patterns", type=_words, default=d.drop_patterns, help=f"subset of {DROP_PATTERNS}")
     p.add_argument("--task-mix", choices=("adaptive", "uniform"), default=d.task_mix)
@@ -1020,6 +1254,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         token_drop=a.token_drop,
         min_keep=a.min_keep,
         first_token_weight=a.first_token_weight,
+        aux_weight=a.aux_weight,
+        aux_layer=a.aux_layer,
+        pack=not a.no_pack,
+        aux_words=not a.no_aux_words,
+        evidence_weight=a.evidence_weight,
+        evidence_layer=a.evidence_layer,
         drop_start=a.drop_start,
         drop_patterns=a.drop_patterns,
         task_mix=a.task_mix,

@@ -5,19 +5,19 @@ runs are deterministic, ``--resume`` continues, and one batch is overfit (loss f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-import transformers
-from packaging.version import Version
 
 import tokpress
 from tokpress.config import budget
 from tokpress.eval import train_synth as ts
 from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
-from tokpress.eval.synth import make_questions
+from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions
+from tokpress.eval.video import video_metadata_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,11 @@ def test_rows_are_the_eval_prompt_and_answer(processor):
     samples = make_questions("position", 3)
     video, rows = ts.encode_rows(processor, samples[0].frames, samples)
     assert len(rows) == len(samples) == 3
-    for s, (ids, start) in zip(samples, rows):
-        text = chat_prompt(processor, format_prompt(s.question, s.options, "word"))
-        ref = processor(text=[text], videos=[s.frames], return_tensors="pt")
+    for s, (ids, spans) in zip(samples, rows):
+        ((start, stop),) = spans
+        ref = _single(processor, s)  # the eval prompt, with the synth frame rate as video metadata
         assert ids[:start] == ref["input_ids"][0].tolist()
-        assert ids[start:] == encode_answers(processor.tokenizer, [s.answer_word], True)[0]
+        assert ids[start:] == encode_answers(processor.tokenizer, [s.answer_word], True)[0] and stop == len(ids)
         assert ids[-1] == processor.tokenizer.eos_token_id
         assert torch.equal(video["pixel_values_videos"], ref["pixel_values_videos"])
         assert torch.equal(video["video_grid_thw"], ref["video_grid_thw"])
@@ -46,20 +46,112 @@ def test_rows_are_the_eval_prompt_and_answer(processor):
     assert batch["input_ids"].shape[0] == 3 + 2  # three position questions, needle shape and colour
     assert batch["row_video"].tolist() == [0, 0, 0, 1, 1]
     assert bool(batch["keep"].sum(1).eq(batch["lengths"]).all())  # no drop requested
+    assert batch["answer_mask"].sum(1).tolist() == [2] * 5  # the one-token word and <|im_end|>
 
 
-@pytest.mark.skipif(
-    Version(transformers.__version__) < Version("5.23"),
-    reason="transformers < 5.23 truncates second_per_grid_ts to an int (2/24 -> 0): every temporal id is 0 there",
-)
+def test_packed_row_starts_with_the_eval_prompt_and_targets_every_answer(processor):
+    samples = make_questions("position", 3)
+    _, rows = ts.encode_rows(processor, samples[0].frames, samples, pack=True)
+    ((ids, spans),) = rows
+    assert len(spans) == 3
+    first = chat_prompt(processor, format_prompt(samples[0].question, samples[0].options, "word"))
+    ref = processor(text=[first], videos=[samples[0].frames], return_tensors="pt")["input_ids"][0].tolist()
+    assert ids[: spans[0][0]] == ref  # the first turn is exactly the eval prompt
+    tok = processor.tokenizer
+    for s, (start, stop) in zip(samples, spans):
+        assert ids[start:stop] == encode_answers(tok, [s.answer_word], True)[0]
+        assert tok.convert_ids_to_tokens(ids[start - 2 : start]) == ["<|im_start|>", "assistant"]
+    assert ids.count(tok.convert_tokens_to_ids("<|video_pad|>")) == 128  # one video, later turns are text only
+    batch = ts.build_batch(dataclasses.replace(_spec(), pack=True))
+    assert batch["input_ids"].shape[0] == 2 and batch["row_video"].tolist() == [0, 1]
+    assert batch["answer_first"].sum(1).tolist() == [3, 2]
+    assert bool((batch["answer_first"] <= batch["answer_mask"]).all())
+
+
+def test_token_labels_follow_the_scene():
+    sample = make_questions("needle", 5)[0]
+    labels = ts.token_labels(sample.layout)
+    assert labels.shape == (128, len(ts.LABELS))
+    row, col = sample.metadata["cell"]
+    slot = sample.metadata["frames"][0] // 2
+    needle = labels[slot * 16 + row * 4 + col]
+    assert needle.tolist() == [
+        LAYOUT_COLORS.index(sample.metadata["color"]),
+        1 + SHAPES.index(sample.metadata["shape"]),
+        slot,
+        row,
+        col,
+        1,  # changed: nothing was on that cell at slot 0
+    ]
+    assert labels[(slot + 1) * 16 + row * 4 + col, :2].tolist() == [0, 0]  # gone again a slot later
+    for d in sample.metadata["distractors"]:  # static: present in every slot, never "changed"
+        r, c = d["cell"]
+        static = labels[torch.arange(8) * 16 + r * 4 + c]
+        assert static[:, 0].eq(LAYOUT_COLORS.index(d["color"])).all() and static[:, 5].eq(0).all()
+    assert labels[:, 2].tolist() == [i // 16 for i in range(128)]  # Qwen's order: slot, row, col
+
+
+def test_aux_heads_read_the_kept_video_tokens():
+    """With the probes as identity-like readers on a crafted capture, the loss and accuracies are what the labels
+    and the kept tokens make them (text tokens and dropped tokens are ignored)."""
+    heads = ts.AuxHeads(hidden=8, slots=8, grid=4)
+    labels = ts.token_labels(make_questions("flash_count", 2)[0].layout)[None]  # [1, 128, 6]
+    feats = torch.zeros(128, 8)
+    kept_tokens = torch.tensor([0, 5, 17, 127])
+    capture = {
+        "video_features": feats,
+        "layer_hidden": torch.zeros(1, 6, 8),
+        "video_ordinal": torch.tensor([[-1, *kept_tokens.tolist(), -1]]),
+        "video_kept": torch.tensor([[False, True, True, True, True, False]]),
+        "row_video": torch.tensor([0]),
+    }
+    with torch.no_grad():
+        for lin in (heads.vision, heads.llm):
+            lin.weight.zero_()
+            lin.bias.zero_()
+        loss, stats = heads(capture, labels)
+    n_color = len(LAYOUT_COLORS)
+    expected = [np.log(n) for n in (n_color, 1 + len(SHAPES))] * 2 + [np.log(n) for n in (8, 4, 4, 2)]
+    assert float(loss) == pytest.approx(np.mean(expected), rel=1e-5)  # uniform logits: log(classes) each
+    assert stats["slot_acc"] == pytest.approx(float((labels[0, kept_tokens, 2] == 0).float().mean()))
+    assert stats["v_color_acc"] == pytest.approx(float((labels[0, :, 0] == 0).float().mean()))
+
+
+def test_word_tokenizer_round_trips_every_prompt(processor):
+    tok = processor.tokenizer
+    for task in ("color_extremes", "direction", "flash_count", "needle", "position"):
+        for s in make_questions(task, 11):
+            text = format_prompt(s.question, s.options, "word")
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.unk_token_id not in ids, text
+            assert len(encode_answers(tok, list(s.options), False)[0]) == 1  # every option is one token
+    assert tok("Top-Left")["input_ids"] == tok("top-left")["input_ids"]
+    assert tok.unk_token_id in tok("zebra")["input_ids"]
+
+
 def test_temporal_positions_are_distinct(processor):
-    """tokens_per_second=12 with the processor's 2/24 s per grid: temporal M-RoPE ids 0..7 (not all 0)."""
+    """tokens_per_second=1 with the synth frame rate (2 fps -> 1 s per temporal grid): temporal M-RoPE ids 0..7 in
+    training and in the eval path (``prepare`` passes the metadata) on every supported transformers version;
+    without metadata the processor assumes 24 fps and the ids collapse."""
+    from tokpress.eval.eval_data import synth_samples
+    from tokpress.eval.scoring import prepare
+
     model = ts.build_model(ts.MICRO)
     batch = ts.build_batch(_spec(videos=(("direction", 0, False),)))
     pos = ts.RopeCache(model).positions(batch, model.config.video_token_id)
     video = batch["input_ids"][0] == model.config.video_token_id
     t = pos[0, 0, video]
     assert (t - t.min()).unique().tolist() == list(range(8))
+    sample = synth_samples(1)[0]
+    for inputs, distinct in ((prepare(model, processor, sample).inputs, 8), (_single(processor, sample, False), 1)):
+        ids = inputs["input_ids"]
+        rope, _ = model.model.get_rope_index(
+            ids,
+            inputs["mm_token_type_ids"],
+            video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs["second_per_grid_ts"],
+        )
+        assert rope[0, 0, ids[0] == model.config.video_token_id].unique().numel() == distinct
 
 
 def test_drop_patterns_keep_the_budget():
@@ -70,9 +162,10 @@ def test_drop_patterns_keep_the_budget():
     assert bool((batch["keep"] | video)[:, : batch["lengths"].min()].all())  # text is never dropped
 
 
-def _single(processor, sample):
+def _single(processor, sample, metadata: bool = True):
     text = chat_prompt(processor, format_prompt(sample.question, sample.options, "word"))
-    return processor(text=[text], videos=[sample.frames], return_tensors="pt")
+    meta = video_metadata_kwargs(processor, len(sample.frames), SYNTH_FPS) if metadata else {}
+    return processor(text=[text], videos=[sample.frames], return_tensors="pt", **meta)
 
 
 def test_forward_matches_model_and_tokpress_random(processor):
@@ -146,7 +239,7 @@ def test_smoke_run_checkpoint_loads_offline(tmp_path, monkeypatch):
     model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True).eval()
     proc = AutoProcessor.from_pretrained(out, local_files_only=True)
     assert isinstance(model, Qwen2_5_VLForConditionalGeneration)
-    assert model.config.vision_config.tokens_per_second == 12
+    assert model.config.vision_config.tokens_per_second == 1
     sample = make_questions("needle", 0)[0]
     inputs = _single(proc, sample)
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -207,3 +300,72 @@ def test_first_answer_token_weight():
     rest = rows[0] * (1 + n_rest) - first
     torch.testing.assert_close(rows[1] * (3 + n_rest), 3 * first + rest, rtol=1e-4, atol=1e-4)
     assert bool((rows[1] != rows[0]).any())
+
+
+def test_evidence_tokens_hold_the_answer():
+    for task, seed in (("color_extremes", 4), ("direction", 4), ("flash_count", 4), ("needle", 4), ("position", 4)):
+        for q in make_questions(task, seed):
+            labels = ts.token_labels(q.layout)
+            ev = ts.evidence_tokens(q, labels)
+            assert 1 <= int(ev.sum()) <= 16, (task, q.metadata["variant"])
+            colors = {LAYOUT_COLORS[c] for c in labels[ev, 0].tolist()}
+            if task == "needle":
+                assert colors == {q.metadata["color"]} and set(labels[ev, 1].tolist()) == {
+                    1 + SHAPES.index(q.metadata["shape"])
+                }
+            elif task == "position":
+                assert colors == {q.metadata["variant"]}
+                assert {ts_quadrant(r, c) for r, c in labels[ev, 3:5].tolist()} == {q.answer_word}
+            elif task == "color_extremes":
+                assert colors == {q.answer_word}
+            elif task == "flash_count":
+                assert colors == {"lamp-on"}
+
+
+def ts_quadrant(row: int, col: int) -> str:
+    from tokpress.eval.synth import quadrant
+
+    return quadrant(row, col, 4)
+
+
+def test_evidence_head_equals_the_layers_attention_weights():
+    """The evidence mass computed from the captured projections equals the eager attention weights of that head."""
+    spec = dataclasses.replace(
+        _spec(drop=0.5, videos=(("needle", 1, False), ("position", 2, False), ("color_extremes", 3, False))),
+        pack=True,
+    )
+    batch = ts.build_batch(spec)
+    model = ts.build_model(ts.MICRO, seed=2, attn="eager").eval()
+    positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
+    evidence = ts.EvidenceAttention(model, layer=1, head=1)
+    weights = {}
+    hook = model.model.language_model.layers[1].self_attn.register_forward_hook(
+        lambda m, a, out: weights.update(w=out[1])
+    )
+    capture: dict = {}
+    evidence.capture.active = True
+    with torch.no_grad():
+        ts.forward_rows(model, batch, positions, capture=capture)
+    evidence.capture.active = False
+    hook.remove()
+    loss, mass = evidence.loss(batch, capture)
+    evidence.remove()
+    w = weights["w"][:, 1]  # [R, K, K], head 1
+    index, valid, ordinal = capture["index"], capture["valid"], capture["video_ordinal"]
+    masses = []
+    for r in range(index.shape[0]):
+        for a in range(batch["answer_query"].shape[1]):
+            query = int(batch["answer_query"][r, a])
+            if query < 0:
+                continue
+            j = int((index[r] == query).nonzero()[0, 0])
+            keys = [
+                k
+                for k in range(index.shape[1])
+                if valid[r, k] and ordinal[r, k] >= 0 and batch["answer_evidence"][r, a, ordinal[r, k]]
+            ]
+            if keys:
+                masses.append(float(w[r, j, keys].sum()))
+    assert len(masses) >= 4
+    assert float(mass) == pytest.approx(np.mean(masses), rel=1e-4)
+    assert float(loss) == pytest.approx(float(-torch.log(torch.tensor(masses) + 1e-6).mean()), rel=1e-4)
