@@ -177,6 +177,7 @@ class TrainConfig:
     test_n: int = 1000  # test videos scored with the best checkpoint at the end (0: skip)
     time_limit: float | None = None  # seconds of this call; stop cleanly (state saved) after this
     resume: bool = False
+    init_from: str | None = None  # start from this checkpoint's weights (fresh optimizer, step 0 of this run)
     size: ModelSize = field(default_factory=ModelSize)
     command: str = ""
 
@@ -316,7 +317,7 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
         pixels.append(video["pixel_values_videos"])
         grids.append(video["video_grid_thw"][0])
         labels.append(token_labels(samples[0].layout))
-        evidence = [evidence_tokens(s, labels[-1]) for s in samples]
+        evidence = [(evidence_tokens(s, labels[-1]), asked_color(s)) for s in samples]
         for i, (ids, spans) in enumerate(encoded):
             rows.append((ids, spans, v, TASKS.index(task), evidence if spec.pack else [evidence[i]]))
     width = max(len(ids) for ids, *_ in rows)
@@ -326,10 +327,11 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
     answer_first = torch.zeros((len(rows), width), dtype=torch.bool)
     n_answers = max(len(spans) for _, spans, *_ in rows)
     answer_query = torch.full((len(rows), n_answers), -1, dtype=torch.long)
+    answer_asked = torch.full((len(rows), n_answers), -1, dtype=torch.long)
     answer_evidence = torch.zeros((len(rows), n_answers, labels[0].shape[0]), dtype=torch.bool)
     for r, (ids, spans, v, _, evidence) in enumerate(rows):
-        for a, ((start, _), ev) in enumerate(zip(spans, evidence)):
-            answer_query[r, a], answer_evidence[r, a] = start - 1, ev
+        for a, ((start, _), (ev, asked)) in enumerate(zip(spans, evidence)):
+            answer_query[r, a], answer_evidence[r, a], answer_asked[r, a] = start - 1, ev, asked
         row = torch.tensor(ids, dtype=torch.long)
         input_ids[r, : len(ids)] = row
         keep[r, : len(ids)] = True
@@ -353,6 +355,7 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
         "answer_start": torch.tensor([spans[0][0] for _, spans, *_ in rows]),
         "answer_query": answer_query,
         "answer_evidence": answer_evidence,
+        "answer_asked": answer_asked,
         "answer_mask": answer_mask,
         "answer_first": answer_first,
         "row_video": torch.tensor([r[2] for r in rows]),
@@ -360,6 +363,11 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
         "keep": keep,
         "labels": torch.stack(labels),
     }
+
+
+def asked_color(sample: Any) -> int:
+    """The :data:`~tokpress.eval.synth.LAYOUT_COLORS` code of the colour a position question asks about, else -1."""
+    return LAYOUT_COLORS.index(sample.metadata["variant"]) if sample.task == "position" else -1
 
 
 def evidence_tokens(sample: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -439,8 +447,16 @@ class AuxHeads(torch.nn.Module):
             start += n
         return out
 
-    def forward(self, capture: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy of all probes and per-probe ``{name: loss, name_acc: accuracy}`` (vision: ``v_``)."""
+    def forward(
+        self, capture: dict[str, torch.Tensor], labels: torch.Tensor, batch: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """Mean cross-entropy of all probes and per-probe ``{name: loss, name_acc: accuracy}`` (vision: ``v_``).
+
+        With ``layer_hidden_next`` in ``capture`` the same LLM probe also reads the next layer's output (``l2_``),
+        and with ``batch`` its colour section reads the *asked* colour at each answer's query token there
+        (``asked``: position questions), so the query that looks for a colour and the video tokens that show it
+        use one code.
+        """
         feats = capture["video_features"]
         vision = self._loss(self.vision(feats), labels.reshape(-1, labels.shape[-1]), ("color", "shape"))
         rows = labels[capture["row_video"]]  # [R, N, 6]
@@ -448,10 +464,30 @@ class AuxHeads(torch.nn.Module):
         llm_labels = rows.gather(1, ordinal.clamp(min=0)[..., None].expand(-1, -1, rows.shape[-1]))[kept]
         llm = self._loss(self.llm(capture["layer_hidden"][kept]), llm_labels, tuple(self.sizes))
         stats = {f"v_{k}": v for k, v in vision.items()} | llm
+        nxt = capture.get("layer_hidden_next")
+        if nxt is not None:
+            stats |= {f"l2_{k}": v for k, v in self._loss(self.llm(nxt[kept]), llm_labels, tuple(self.sizes)).items()}
+            if batch is not None:
+                stats |= self._asked_loss(nxt, capture, batch)
         if "word_logits" in capture:
             stats |= self._word_loss(capture["word_logits"], llm_labels)
         losses = [v for k, v in stats.items() if not k.endswith("_acc")]
         return torch.stack(losses).mean(), stats
+
+    def _asked_loss(
+        self, hidden: torch.Tensor, capture: dict[str, Any], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        asked = batch["answer_asked"].to(hidden.device)  # [R, A] colour code or -1
+        qpos, has = query_positions(capture["index"], batch["answer_query"].to(hidden.device))
+        use = has & (asked >= 0)
+        if not bool(use.any()):
+            return {}
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(qpos)
+        logits = self.llm(hidden[rows[use], qpos[use]])[:, : self.sizes["color"]].float()
+        return {
+            "asked": torch.nn.functional.cross_entropy(logits, asked[use]),
+            "asked_acc": (logits.argmax(-1) == asked[use]).float().mean().detach(),
+        }
 
     def _word_loss(self, word_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Name each kept video token's colour, shape and quadrant with the answer words' logits of the LM head (a
@@ -471,6 +507,17 @@ class AuxHeads(torch.nn.Module):
                 out[f"word_{name}"] = torch.nn.functional.cross_entropy(logits[use], code[use])
                 out[f"word_{name}_acc"] = (logits[use].argmax(-1) == code[use]).float().mean().detach()
         return out
+
+
+def query_positions(index: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept-sequence index of each answer's query token and whether it has one.
+
+    Args:
+        index: ``[R, K]`` original position of each kept token (:func:`forward_rows`).
+        query: ``[R, A]`` original position of each answer's query token (-1: no answer).
+    """
+    hit = index[:, None, :] == query[..., None]  # [R, A, K]
+    return hit.float().argmax(-1), (query >= 0) & hit.any(-1)
 
 
 class EvidenceAttention:
@@ -501,10 +548,7 @@ class EvidenceAttention:
 
         index, valid, ordinal = capture["index"], capture["valid"], capture["video_ordinal"]
         device = index.device
-        query = batch["answer_query"].to(device)  # [R, A] original positions
-        hit = index[:, None, :] == query[..., None]  # [R, A, K]
-        has_query = (query >= 0) & hit.any(-1)
-        qpos = hit.float().argmax(-1)  # [R, A] kept index of each answer's query token
+        qpos, has_query = query_positions(index, batch["answer_query"].to(device))
         cos, sin = self.tables
         q, k = self.capture.q, self.capture.k  # [R, K, H, d], [R, KV, K, d] before rotation
         group = q.shape[2] // k.shape[1]
@@ -682,6 +726,9 @@ def forward_rows(
         capture.update(
             video_features=torch.cat(list(feats)),
             layer_hidden=out.hidden_states[capture_layer + 1],
+            layer_hidden_next=out.hidden_states[capture_layer + 2]
+            if capture_layer + 2 < len(out.hidden_states)
+            else None,
             video_ordinal=ordinal,
             video_kept=(ordinal >= 0) & valid,
             row_video=batch["row_video"].to(device),
@@ -875,7 +922,7 @@ def train_step(
                 if stats is not None:
                     stats.update(evidence=float(ev_loss.detach()), evidence_mass=float(ev_mass))
             if use_aux:
-                aux_loss, aux_stats = aux(capture, batch["labels"].to(device))
+                aux_loss, aux_stats = aux(capture, batch["labels"].to(device), batch)
                 total = total + aux_weight * aux_loss
                 if stats is not None:
                     stats.update({k: float(v.detach()) for k, v in aux_stats.items()}, aux=float(aux_loss.detach()))
@@ -1022,6 +1069,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "rows": 0,
         "videos": 0,
     }
+    if cfg.init_from and not (cfg.resume and (state_dir / STATE_FILE).is_file()):
+        from transformers import AutoModelForImageTextToText
+
+        model.load_state_dict(AutoModelForImageTextToText.from_pretrained(cfg.init_from).state_dict())
+        logger.info("initialised from %s", cfg.init_from)
     if cfg.resume and (state_dir / STATE_FILE).is_file():
         saved = torch.load(state_dir / STATE_FILE, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -1231,6 +1283,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     p.add_argument("--test-n", type=int, default=d.test_n)
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop cleanly and save the state")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state/ if it exists")
+    p.add_argument("--init-from", default=None, help="a checkpoint directory whose weights start the run")
     p.add_argument("--micro", action="store_true", help="a micro model (smoke tests)")
     for name, value in dataclasses.asdict(s).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=None)
@@ -1272,6 +1325,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         test_n=a.test_n,
         time_limit=a.time_limit,
         resume=a.resume,
+        init_from=a.init_from,
         size=size,
         command=command,
     )

@@ -193,7 +193,10 @@ def test_stacked_rows_equal_the_processors_left_padded_batch(work):
     prepared = [prepare(model, processor, s) for s in samples]
     texts = [chat_prompt(processor, format_prompt(s.question, s.options)) for s in samples]
     assert processor.tokenizer.padding_side == "left"
-    batch = processor(text=texts, videos=[s.frames for s in samples], padding=True, return_tensors="pt")
+    from tokpress.eval.video import video_metadata_kwargs
+
+    meta = video_metadata_kwargs(processor, len(samples[0].frames), samples[0].fps, copies=len(samples))
+    batch = processor(text=texts, videos=[s.frames for s in samples], padding=True, return_tensors="pt", **meta)
     stacked = stack_rows([p.inputs for p in prepared], [1, 1], processor.tokenizer.pad_token_id)
     assert set(stacked) == {k for k, v in batch.items() if isinstance(v, torch.Tensor)}
     for key, value in stacked.items():

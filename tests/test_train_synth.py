@@ -369,3 +369,10 @@ def test_evidence_head_equals_the_layers_attention_weights():
     assert len(masses) >= 4
     assert float(mass) == pytest.approx(np.mean(masses), rel=1e-4)
     assert float(loss) == pytest.approx(float(-torch.log(torch.tensor(masses) + 1e-6).mean()), rel=1e-4)
+
+
+def test_init_from_starts_at_the_checkpoint(tmp_path):
+    first = _run(tmp_path, "a")
+    _run(tmp_path, "c", "--init-from", str(tmp_path / "a"))
+    evals = [json.loads(x) for x in (tmp_path / "c" / ts.CURVE_FILE).read_text().splitlines() if "val_accuracy" in x]
+    assert evals[0]["step"] == 0 and evals[0]["val_accuracy"] == first["best_val_accuracy"]
