@@ -13,5 +13,8 @@ setup(
         "tokpress.eval",
     ],
     package_dir={"tokpress": "tokpress", "tokpress.patches": "patches", "tokpress.eval": "eval"},
-    package_data={"tokpress": ["py.typed"], "tokpress.eval": ["archs/*.json"]},
+    package_data={
+        "tokpress": ["py.typed"],
+        "tokpress.eval": ["archs/*.json", "models/tokpress-synth-qwen2.5-vl/*"],
+    },
 )

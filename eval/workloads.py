@@ -141,7 +141,7 @@ def default_workload(config: BenchConfig) -> Workload:
 
 
 #: The synth test video of the default bench: the needle task, whose answer depends on one temporal token.
-BENCH_SYNTH_TASK, BENCH_SYNTH_INDEX = "needle", 3
+BENCH_SYNTH_TASK, BENCH_SYNTH_INDEX = "needle", 0
 
 
 def synth_workload(config: BenchConfig, path: Path) -> Workload:
