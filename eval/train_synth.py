@@ -317,9 +317,9 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
         pixels.append(video["pixel_values_videos"])
         grids.append(video["video_grid_thw"][0])
         labels.append(token_labels(samples[0].layout))
-        evidence = [(evidence_tokens(s, labels[-1]), asked_color(s)) for s in samples]
+        targets = [(evidence_tokens(s, labels[-1]), asked_color(s)) for s in samples]  # per question, in row order
         for i, (ids, spans) in enumerate(encoded):
-            rows.append((ids, spans, v, TASKS.index(task), evidence if spec.pack else [evidence[i]]))
+            rows.append((ids, spans, v, TASKS.index(task), targets if spec.pack else [targets[i]]))
     width = max(len(ids) for ids, *_ in rows)
     input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
     keep = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -329,8 +329,8 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
     answer_query = torch.full((len(rows), n_answers), -1, dtype=torch.long)
     answer_asked = torch.full((len(rows), n_answers), -1, dtype=torch.long)
     answer_evidence = torch.zeros((len(rows), n_answers, labels[0].shape[0]), dtype=torch.bool)
-    for r, (ids, spans, v, _, evidence) in enumerate(rows):
-        for a, ((start, _), (ev, asked)) in enumerate(zip(spans, evidence)):
+    for r, (ids, spans, v, _, targets) in enumerate(rows):
+        for a, ((start, _), (ev, asked)) in enumerate(zip(spans, targets)):
             answer_query[r, a], answer_evidence[r, a], answer_asked[r, a] = start - 1, ev, asked
         row = torch.tensor(ids, dtype=torch.long)
         input_ids[r, : len(ids)] = row

@@ -16,7 +16,7 @@ import tokpress
 from tokpress.config import budget
 from tokpress.eval import train_synth as ts
 from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
-from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions
+from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions, quadrant
 from tokpress.eval.video import video_metadata_kwargs
 
 
@@ -315,17 +315,11 @@ def test_evidence_tokens_hold_the_answer():
                 }
             elif task == "position":
                 assert colors == {q.metadata["variant"]}
-                assert {ts_quadrant(r, c) for r, c in labels[ev, 3:5].tolist()} == {q.answer_word}
+                assert {quadrant(r, c, 4) for r, c in labels[ev, 3:5].tolist()} == {q.answer_word}
             elif task == "color_extremes":
                 assert colors == {q.answer_word}
             elif task == "flash_count":
                 assert colors == {"lamp-on"}
-
-
-def ts_quadrant(row: int, col: int) -> str:
-    from tokpress.eval.synth import quadrant
-
-    return quadrant(row, col, 4)
 
 
 def test_evidence_head_equals_the_layers_attention_weights():
