@@ -96,6 +96,10 @@ worker processes or inline with identical results. On CPU two runs with the same
 and weights; resuming at a saved state continues the same run.
 
 **Not done here:** per-task difficulty schedules beyond ``--easy-until``; training through tokpress's own hooks.
+
+**Modules.** This one holds the configuration, the forward pass and losses, the loop and the command line; the batches
+(rendering, encoding, per-token labels, evidence) are :mod:`tokpress.eval.synth_batches`, the training-only probes
+and the evidence head :mod:`tokpress.eval.synth_heads`, the model and tokenizer :mod:`tokpress.eval.synth_model`.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +121,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokpress.config import budget
 from tokpress.errors import ConfigError
-from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, TASKS, SynthConfig, make_split
+from tokpress.eval.synth import SYNTH_FPS, TASKS, SynthConfig, make_split
+from tokpress.eval.synth_batches import (
+    BatchSpec,
+    iterate_batches,
+)
+from tokpress.eval.synth_heads import AuxHeads, EvidenceAttention, answer_word_ids
 from tokpress.eval.synth_model import FAMILY, MICRO, ModelSize, build_model, build_processor, synth_model_config
 
 __all__ = ["FAMILY", "MICRO", "ModelSize", "build_model", "build_processor", "synth_model_config", "train", "main"]
@@ -204,441 +212,6 @@ class TrainConfig:
             raise ConfigError(f"val_n must be >= the number of tasks ({len(self.tasks)}), got {self.val_n}")
         if any(not 0 < r < 1 for r in self.val_ratios):
             raise ConfigError(f"val_ratios must be in (0, 1), got {self.val_ratios}")
-
-
-# -------------------------------------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """What batch ``step`` holds: one ``(task, train offset, easy)`` per video, and how to drop tokens."""
-
-    step: int
-    seed: int
-    videos: tuple[tuple[str, int, bool], ...]
-    drop: float  # probability that a row drops video tokens (0 before ``drop_start``)
-    min_keep: float
-    drop_patterns: tuple[str, ...]
-    pack: bool = False  # all questions of a video in one multi-turn row (first turn = the eval prompt)
-
-
-_PROCESSOR: Any = None
-
-
-def _processor() -> Any:
-    """A per-process processor (built once; workers build their own)."""
-    global _PROCESSOR
-    if _PROCESSOR is None:
-        _PROCESSOR = build_processor()
-    return _PROCESSOR
-
-
-def encode_rows(
-    processor: Any, frames: np.ndarray, samples: Sequence[Any], *, pack: bool = False
-) -> tuple[dict[str, torch.Tensor], list[tuple[list[int], list[tuple[int, int]]]]]:
-    """The video's processor tensors and its rows: ``(token ids, [(answer start, answer stop), ...])`` each.
-
-    A row's prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
-    ``<|video_pad|>`` placeholder expanded to the video's token count); the answer is the option word plus the
-    tokenizer's end-of-turn token, as :func:`tokpress.eval.eval_data.encode_answers` encodes it for scoring.
-    One row per sample, or with ``pack`` one row per video: the first sample's prompt and answer, then each
-    further question as a text-only user turn of the chat template followed by its answer (every answer is a
-    target; the first turn is exactly the single-question eval prompt).
-    """
-    from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
-
-    video = processor.video_processor(videos=[frames], return_tensors="pt")
-    grid = video["video_grid_thw"]
-    n_tokens = int(grid.prod()) // processor.video_processor.merge_size**2
-    pad, tokenizer = processor.video_token, processor.tokenizer
-    rows: list[tuple[list[int], list[tuple[int, int]]]] = []
-    for i, s in enumerate(samples):
-        if pack and i:
-            turn = [{"role": "user", "content": [{"type": "text", "text": format_prompt(s.question, s.options)}]}]
-            text = "\n" + processor.apply_chat_template(turn, add_generation_prompt=True)
-        else:
-            text = chat_prompt(processor, format_prompt(s.question, s.options, "word")).replace(pad, pad * n_tokens)
-        prompt = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        (answer,) = encode_answers(tokenizer, [s.answer_word], True)
-        if pack and i:
-            ids, spans = rows[0]
-            start = len(ids) + len(prompt)
-            rows[0] = (ids + prompt + answer, [*spans, (start, start + len(answer))])
-        else:
-            rows.append((prompt + answer, [(len(prompt), len(prompt) + len(answer))]))
-    return {"pixel_values_videos": video["pixel_values_videos"], "video_grid_thw": grid}, rows
-
-
-def _keep_video(rng: np.random.Generator, spec: BatchSpec, grid: tuple[int, int, int]) -> np.ndarray | None:
-    """Indices (sorted) of the video tokens a row keeps, or None to keep all."""
-    if spec.drop <= 0 or rng.random() >= spec.drop:
-        return None
-    t, h, w = grid
-    n = t * h * w
-    ratio = float(rng.uniform(spec.min_keep, 1.0))
-    pattern = spec.drop_patterns[int(rng.integers(len(spec.drop_patterns)))]
-    if pattern == "frames":
-        frames = np.sort(rng.choice(t, size=budget(ratio, t), replace=False))
-        keep = (frames[:, None] * h * w + np.arange(h * w)[None]).ravel()
-    elif pattern == "cells":
-        cells = np.sort(rng.choice(h * w, size=budget(ratio, h * w), replace=False))
-        keep = (np.arange(t)[:, None] * h * w + cells[None]).ravel()
-    else:
-        keep = np.sort(rng.choice(n, size=budget(ratio, n), replace=False))
-    return keep
-
-
-def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str, torch.Tensor]:
-    """Render and encode batch ``spec`` (runs in a worker process or inline; a pure function of ``spec``).
-
-    Returns CPU tensors: ``pixel_values_videos`` [V * patches, 1176], ``video_grid_thw`` [V, 3],
-    ``second_per_grid_ts`` [V], ``input_ids`` [R, L] (right-padded with 0), ``lengths`` [R], ``answer_start`` [R]
-    (of the row's first answer), ``answer_mask`` [R, L] (answer tokens: the targets) and ``answer_first`` [R, L]
-    (each answer's first token), ``row_video`` [R], ``row_task`` [R] (index into :data:`TASKS`), ``keep`` [R, L]
-    (True: the row keeps this token; False: padding or a dropped video token), ``labels`` [V, N, 6]
-    (:func:`token_labels`), ``answer_query`` [R, A] (position of the token that predicts each answer; -1: none)
-    and ``answer_evidence`` [R, A, N] (:func:`evidence_tokens` of each answer's question). With ``spec.pack`` a
-    video's questions are shuffled and packed into one row.
-    """
-    from tokpress.eval.tiny import PAD_ID, VIDEO_ID
-
-    processor = _processor()
-    base = config or SynthConfig()
-    easy_config = dataclasses.replace(base, distractors=0, texture=False)
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.step, 7]))
-    pixels, grids, rows, labels = [], [], [], []
-    for v, (task, offset, easy) in enumerate(spec.videos):
-        samples = make_split(
-            "train", 1, easy_config if easy else base, tasks=[task], offset=offset, all_questions=True
-        )
-        if spec.pack:
-            samples = [samples[int(i)] for i in rng.permutation(len(samples))]
-        video, encoded = encode_rows(processor, samples[0].frames, samples, pack=spec.pack)
-        pixels.append(video["pixel_values_videos"])
-        grids.append(video["video_grid_thw"][0])
-        labels.append(token_labels(samples[0].layout))
-        targets = [(evidence_tokens(s, labels[-1]), asked_color(s)) for s in samples]  # per question, in row order
-        for i, (ids, spans) in enumerate(encoded):
-            rows.append((ids, spans, v, TASKS.index(task), targets if spec.pack else [targets[i]]))
-    width = max(len(ids) for ids, *_ in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    keep = torch.zeros((len(rows), width), dtype=torch.bool)
-    answer_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    answer_first = torch.zeros((len(rows), width), dtype=torch.bool)
-    n_answers = max(len(spans) for _, spans, *_ in rows)
-    answer_query = torch.full((len(rows), n_answers), -1, dtype=torch.long)
-    answer_asked = torch.full((len(rows), n_answers), -1, dtype=torch.long)
-    answer_evidence = torch.zeros((len(rows), n_answers, labels[0].shape[0]), dtype=torch.bool)
-    for r, (ids, spans, v, _, targets) in enumerate(rows):
-        for a, ((start, _), (ev, asked)) in enumerate(zip(spans, targets)):
-            answer_query[r, a], answer_evidence[r, a], answer_asked[r, a] = start - 1, ev, asked
-        row = torch.tensor(ids, dtype=torch.long)
-        input_ids[r, : len(ids)] = row
-        keep[r, : len(ids)] = True
-        for start, stop in spans:
-            answer_mask[r, start:stop] = True
-            answer_first[r, start] = True
-        grid = tuple(int(x) for x in grids[v])
-        merged = (grid[0], grid[1] // 2, grid[2] // 2)
-        kept = _keep_video(rng, spec, merged)
-        if kept is not None:
-            where = (row == VIDEO_ID).nonzero().squeeze(1)
-            dropped = torch.ones(len(where), dtype=torch.bool)
-            dropped[torch.from_numpy(kept)] = False
-            keep[r, where[dropped]] = False
-    return {
-        "pixel_values_videos": torch.cat(pixels),
-        "video_grid_thw": torch.stack(grids),
-        "second_per_grid_ts": torch.full((len(grids),), _seconds_per_grid(processor), dtype=torch.float32),
-        "input_ids": input_ids,
-        "lengths": torch.tensor([len(ids) for ids, *_ in rows]),
-        "answer_start": torch.tensor([spans[0][0] for _, spans, *_ in rows]),
-        "answer_query": answer_query,
-        "answer_evidence": answer_evidence,
-        "answer_asked": answer_asked,
-        "answer_mask": answer_mask,
-        "answer_first": answer_first,
-        "row_video": torch.tensor([r[2] for r in rows]),
-        "row_task": torch.tensor([r[3] for r in rows]),
-        "keep": keep,
-        "labels": torch.stack(labels),
-    }
-
-
-def asked_color(sample: Any) -> int:
-    """The :data:`~tokpress.eval.synth.LAYOUT_COLORS` code of the colour a position question asks about, else -1."""
-    return LAYOUT_COLORS.index(sample.metadata["variant"]) if sample.task == "position" else -1
-
-
-def evidence_tokens(sample: Any, labels: torch.Tensor) -> torch.Tensor:
-    """``[N]`` bool: the video tokens that hold the answer to ``sample``'s question (from the scene's ground truth).
-
-    ``color_extremes``: the square in the asked phase (first / last); ``direction``: the moving square everywhere;
-    ``flash_count``: the lamp while it is on; ``needle``: the tokens that differ from slot 0 (the needle);
-    ``position``: the square while it has the asked colour.
-    """
-    meta, color, slot = sample.metadata, labels[:, 0], labels[:, 2]
-    task = sample.task
-    if task == "color_extremes":
-        s0, s1 = meta["phase_slots"][0 if meta["variant"] == "start" else 2]
-        row, col = meta["cell"]
-        return (labels[:, 3] == row) & (labels[:, 4] == col) & (slot >= s0) & (slot < s1)
-    if task == "direction":
-        return color == LAYOUT_COLORS.index(meta["color"])
-    if task == "flash_count":
-        return color == LAYOUT_COLORS.index("lamp-on")
-    if task == "needle":
-        return labels[:, 5] == 1
-    return color == LAYOUT_COLORS.index(meta["variant"])  # position: the variant is the asked colour
-
-
-#: Loss weight of the "changed" class of the ``changed`` probe (the other class weighs 1).
-CHANGED_WEIGHT = 10.0
-#: Columns of :func:`token_labels` and the classes of each.
-LABELS: tuple[str, ...] = ("color", "shape", "slot", "row", "col", "changed")
-
-
-def token_labels(layout: np.ndarray) -> torch.Tensor:
-    """Per-video-token targets of a synth video, in Qwen's token order (slot, row, col).
-
-    Args:
-        layout: ``[T, grid, grid, 2]`` :attr:`~tokpress.eval.synth.Sample.layout` (colour code, shape code).
-
-    Returns:
-        ``[T / 2 * grid * grid, 6]`` long: colour code, shape code (of the slot's first frame: a one-frame needle
-        is painted there), slot, row, col, and ``changed`` (1 where the cell holds something other than at slot 0).
-    """
-    cells = torch.from_numpy(np.ascontiguousarray(layout[0::2])).long()  # [S, G, G, 2]
-    slots, grid = cells.shape[0], cells.shape[1]
-    s, r, c = torch.meshgrid(torch.arange(slots), torch.arange(grid), torch.arange(grid), indexing="ij")
-    changed = (cells[..., 0] > 0) & (cells != cells[:1]).any(-1)
-    out = torch.stack([cells[..., 0], cells[..., 1], s, r, c, changed.long()], dim=-1)
-    return out.reshape(-1, len(LABELS))
-
-
-class AuxHeads(torch.nn.Module):
-    """Training-only linear probes that give the model dense targets on every video token (never saved with it).
-
-    ``vision``: colour and shape of each token from the vision tower's merged features (the LLM's video
-    embeddings). ``llm``: slot, row, col, colour, shape and ``changed`` from decoder layer ``aux_layer``'s output
-    at each kept video token. The question answers need exactly these facts (which colour where and when, what
-    appeared or changed); without help a tiny model finds them only after long plateaus (the CPU trial:
-    position, direction, counting and the needle stayed at chance for 2,500 steps). The probes are linear, so
-    the features must become linearly readable in the model itself.
-    """
-
-    def __init__(self, hidden: int, slots: int, grid: int) -> None:
-        super().__init__()
-        self.sizes = {"color": len(LAYOUT_COLORS), "shape": 1 + len(SHAPES), "slot": slots, "row": grid, "col": grid}
-        self.sizes["changed"] = 2
-        self.vision = torch.nn.Linear(hidden, self.sizes["color"] + self.sizes["shape"])
-        self.llm = torch.nn.Linear(hidden, sum(self.sizes.values()))
-
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        out, start = {}, 0
-        for name in names:
-            n = self.sizes[name]
-            part, target = logits[:, start : start + n].float(), labels[:, LABELS.index(name)]
-            weight = None
-            if name == "changed":  # ~3 % of the tokens change: weigh them up so the probe cannot ignore them
-                weight = torch.tensor([1.0, CHANGED_WEIGHT], device=part.device)
-            out[name] = torch.nn.functional.cross_entropy(part, target, weight=weight)
-            out[f"{name}_acc"] = (part.argmax(-1) == target).float().mean().detach()
-            start += n
-        return out
-
-    def forward(
-        self, capture: dict[str, torch.Tensor], labels: torch.Tensor, batch: dict[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict]:
-        """Mean cross-entropy of all probes and per-probe ``{name: loss, name_acc: accuracy}`` (vision: ``v_``).
-
-        With ``layer_hidden_next`` in ``capture`` the same LLM probe also reads the next layer's output (``l2_``),
-        and with ``batch`` its colour section reads the *asked* colour at each answer's query token there
-        (``asked``: position questions), so the query that looks for a colour and the video tokens that show it
-        use one code.
-        """
-        feats = capture["video_features"]
-        vision = self._loss(self.vision(feats), labels.reshape(-1, labels.shape[-1]), ("color", "shape"))
-        rows = labels[capture["row_video"]]  # [R, N, 6]
-        ordinal, kept = capture["video_ordinal"], capture["video_kept"]
-        llm_labels = rows.gather(1, ordinal.clamp(min=0)[..., None].expand(-1, -1, rows.shape[-1]))[kept]
-        llm = self._loss(self.llm(capture["layer_hidden"][kept]), llm_labels, tuple(self.sizes))
-        stats = {f"v_{k}": v for k, v in vision.items()} | llm
-        nxt = capture.get("layer_hidden_next")
-        if nxt is not None:
-            stats |= {f"l2_{k}": v for k, v in self._loss(self.llm(nxt[kept]), llm_labels, tuple(self.sizes)).items()}
-            if batch is not None:
-                stats |= self._asked_loss(nxt, capture, batch)
-        if "word_logits" in capture:
-            stats |= self._word_loss(capture["word_logits"], llm_labels)
-        losses = [v for k, v in stats.items() if not k.endswith("_acc")]
-        return torch.stack(losses).mean(), stats
-
-    def _asked_loss(
-        self, hidden: torch.Tensor, capture: dict[str, Any], batch: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        asked = batch["answer_asked"].to(hidden.device)  # [R, A] colour code or -1
-        qpos, has = query_positions(capture["index"], batch["answer_query"].to(hidden.device))
-        use = has & (asked >= 0)
-        if not bool(use.any()):
-            return {}
-        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(qpos)
-        logits = self.llm(hidden[rows[use], qpos[use]])[:, : self.sizes["color"]].float()
-        return {
-            "asked": torch.nn.functional.cross_entropy(logits, asked[use]),
-            "asked_acc": (logits.argmax(-1) == asked[use]).float().mean().detach(),
-        }
-
-    def _word_loss(self, word_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Name each kept video token's colour, shape and quadrant with the answer words' logits of the LM head (a
-        softmax over the 8 colour words, one over the 6 shape words and one over the 4 quadrant words, on the
-        tokens that hold a coloured shape)."""
-        out = {}
-        half = self.sizes["row"] // 2
-        quadrant = 2 * (labels[:, 3] >= half).long() + (labels[:, 4] >= half).long() + 1  # POSITIONS order, 1-based
-        colored = (labels[:, 0] >= 1) & (labels[:, 0] < LAYOUT_COLORS.index("lamp-off"))
-        for name, code in (("color", labels[:, 0]), ("shape", labels[:, 1]), ("position", quadrant)):
-            if name not in word_logits:
-                continue
-            logits = word_logits[name].float()  # [kept, n words]
-            code = code - 1  # colour codes 1..8 are the COLORS words, shape codes 1..6 the SHAPES, quadrants 1..4
-            use = colored & (code >= 0) & (code < logits.shape[1])
-            if bool(use.any()):
-                out[f"word_{name}"] = torch.nn.functional.cross_entropy(logits[use], code[use])
-                out[f"word_{name}_acc"] = (logits[use].argmax(-1) == code[use]).float().mean().detach()
-        return out
-
-
-def query_positions(index: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kept-sequence index of each answer's query token and whether it has one.
-
-    Args:
-        index: ``[R, K]`` original position of each kept token (:func:`forward_rows`).
-        query: ``[R, A]`` original position of each answer's query token (-1: no answer).
-    """
-    hit = index[:, None, :] == query[..., None]  # [R, A, K]
-    return hit.float().argmax(-1), (query >= 0) & hit.any(-1)
-
-
-class EvidenceAttention:
-    """Head ``head`` of decoder layer ``layer`` as an *evidence head*: its attention from the token that predicts each
-    answer should fall on the video tokens that hold the answer (:func:`evidence_tokens`).
-
-    The layer's queries and keys are kept by :class:`tokpress.patches.attention.ProjectionCapture` hooks and its
-    rotary tables by a pre-hook, so the scores are the ones the layer computes (any attention implementation).
-    :meth:`loss` is ``-log`` of the attention mass on the evidence, averaged over the answers that kept at least
-    one evidence token. Training-only: the hooks are removed with :meth:`remove`.
-    """
-
-    def __init__(self, model: Any, layer: int, head: int = 0) -> None:
-        from tokpress.patches.attention import ProjectionCapture
-
-        block = model.model.language_model.layers[layer]
-        self.capture = ProjectionCapture(block.self_attn, all_queries=True)
-        self.head, self.tables = head, None
-        self.handles = [*self.capture.install(), block.register_forward_pre_hook(self._on_layer, with_kwargs=True)]
-
-    def _on_layer(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        if self.capture.active:
-            self.tables = kwargs["position_embeddings"]
-
-    def loss(self, batch: dict[str, torch.Tensor], capture: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, mean evidence mass)`` of the last forward (``capture`` from :func:`forward_rows`)."""
-        from tokpress.patches.attention import rotate_half
-
-        index, valid, ordinal = capture["index"], capture["valid"], capture["video_ordinal"]
-        device = index.device
-        qpos, has_query = query_positions(index, batch["answer_query"].to(device))
-        cos, sin = self.tables
-        q, k = self.capture.q, self.capture.k  # [R, K, H, d], [R, KV, K, d] before rotation
-        group = q.shape[2] // k.shape[1]
-        rows = torch.arange(q.shape[0], device=device)[:, None]
-        qh = q[rows, qpos, self.head].float()  # [R, A, d]
-        qc, qs = cos[rows, qpos].float(), sin[rows, qpos].float()
-        qh = qh * qc + rotate_half(qh) * qs
-        kh = k[:, self.head // group].float()
-        kh = kh * cos.float() + rotate_half(kh) * sin.float()  # [R, K, d]
-        logits = torch.einsum("rad,rkd->rak", qh, kh) * self.capture.scaling
-        keys = torch.arange(index.shape[1], device=device)
-        allowed = valid[:, None, :] & (keys[None, None, :] <= qpos[..., None])
-        probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
-        evidence = batch["answer_evidence"].to(device)  # [R, A, N]
-        on = evidence.gather(2, ordinal.clamp(min=0)[:, None, :].expand(-1, evidence.shape[1], -1))
-        on = on & (ordinal >= 0)[:, None, :] & allowed
-        use = has_query & on.any(-1)
-        mass = (probs * on).sum(-1)[use]
-        if not bool(use.any()):
-            zero = probs.sum() * 0.0
-            return zero, zero.detach()
-        return -torch.log(mass + 1e-6).mean(), mass.mean().detach()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.capture.clear()
-
-
-def answer_word_ids(processor: Any) -> dict[str, torch.Tensor]:
-    """Token ids of the colour words (in :data:`~tokpress.eval.synth.COLORS` order), shape words (``SHAPES``) and
-    quadrant words (``POSITIONS``);
-    each word must be one token (the word-level tokenizer of :mod:`tokpress.eval.synth_model`)."""
-    from tokpress.eval.synth import COLORS, POSITIONS
-
-    out = {}
-    for name, words in (("color", list(COLORS)), ("shape", list(SHAPES)), ("position", list(POSITIONS))):
-        ids = [processor.tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
-        if any(len(i) != 1 for i in ids):
-            raise ConfigError(f"the {name} words must be single tokens for the word probes (use --no-aux-words)")
-        out[name] = torch.tensor([i[0] for i in ids])
-    return out
-
-
-def _seconds_per_grid(processor: Any) -> float:
-    """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a synth video (``SYNTH_FPS`` metadata: 1.0 s)."""
-    if not hasattr(processor, "_synth_spg"):
-        from tokpress.eval.eval_data import chat_prompt
-        from tokpress.eval.synth import SYNTH_FPS
-        from tokpress.eval.video import video_metadata_kwargs
-
-        frames = np.zeros((2, 28, 28, 3), np.uint8)
-        meta = video_metadata_kwargs(processor, len(frames), SYNTH_FPS)
-        out = processor(text=[chat_prompt(processor, "?")], videos=[frames], return_tensors="pt", **meta)
-        processor._synth_spg = float(out["second_per_grid_ts"][0])
-    return processor._synth_spg
-
-
-def _worker_init(_: int | None = None) -> None:
-    torch.set_num_threads(1)
-
-
-class _Specs(torch.utils.data.Dataset):
-    """A block of batch specs as a map-style dataset (one item = one whole batch)."""
-
-    def __init__(self, specs: Sequence[BatchSpec], config: SynthConfig) -> None:
-        self.specs, self.config = list(specs), config
-
-    def __len__(self) -> int:
-        return len(self.specs)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return build_batch(self.specs[i], self.config)
-
-
-def iterate_batches(specs: Sequence[BatchSpec], config: SynthConfig, workers: int, prefetch: int) -> Iterator:
-    """Batches of ``specs`` in order, built by ``workers`` processes (0: inline)."""
-    if workers <= 0:
-        for spec in specs:
-            yield build_batch(spec, config)
-        return
-    loader = torch.utils.data.DataLoader(
-        _Specs(specs, config),
-        batch_size=None,
-        shuffle=False,
-        num_workers=min(workers, len(specs)),
-        prefetch_factor=prefetch,
-        worker_init_fn=_worker_init,
-    )
-    yield from loader
 
 
 # ----------------------------------------------------------------------------------------------------- forward
@@ -968,10 +541,11 @@ def _fmt(acc: dict[str, float] | None) -> str:
 def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
     """The checkpoint's ``README.md``: what it is, how it was trained, how it scores."""
     n_params = summary.get("parameters", 0)
+    start = f"initialised from `{cfg.init_from}` and then trained" if cfg.init_from else "trained from scratch"
     lines = [
         "# tokpress synth model: a tiny Qwen2.5-VL trained on procedural video QA",
         "",
-        f"A `Qwen2_5_VLForConditionalGeneration` ({n_params / 1e6:.2f} M parameters) trained from scratch by "
+        f"A `Qwen2_5_VLForConditionalGeneration` ({n_params / 1e6:.2f} M parameters) {start} by "
         "`tokpress.eval.train_synth` on the train split of `tokpress.eval.synth` (16 frames of 112x112 -> 128 video "
         "tokens). It answers with the option word followed by `<|im_end|>`, in the prompt format of "
         "`tokpress eval` (`tokpress.eval.eval_data.WORD_PROMPT`).",

@@ -14,6 +14,8 @@ import torch
 
 import tokpress
 from tokpress.config import budget
+from tokpress.eval import synth_batches as sb
+from tokpress.eval import synth_heads as sh
 from tokpress.eval import train_synth as ts
 from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
 from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions, quadrant
@@ -25,13 +27,13 @@ def processor():
     return ts.build_processor()
 
 
-def _spec(step: int = 0, drop: float = 0.0, videos=(("position", 0, False), ("needle", 1, False))) -> ts.BatchSpec:
-    return ts.BatchSpec(step, 0, tuple(videos), drop, 0.1, ts.DROP_PATTERNS)
+def _spec(step: int = 0, drop: float = 0.0, videos=(("position", 0, False), ("needle", 1, False))) -> sb.BatchSpec:
+    return sb.BatchSpec(step, 0, tuple(videos), drop, 0.1, ts.DROP_PATTERNS)
 
 
 def test_rows_are_the_eval_prompt_and_answer(processor):
     samples = make_questions("position", 3)
-    video, rows = ts.encode_rows(processor, samples[0].frames, samples)
+    video, rows = sb.encode_rows(processor, samples[0].frames, samples)
     assert len(rows) == len(samples) == 3
     for s, (ids, spans) in zip(samples, rows):
         ((start, stop),) = spans
@@ -41,7 +43,7 @@ def test_rows_are_the_eval_prompt_and_answer(processor):
         assert ids[-1] == processor.tokenizer.eos_token_id
         assert torch.equal(video["pixel_values_videos"], ref["pixel_values_videos"])
         assert torch.equal(video["video_grid_thw"], ref["video_grid_thw"])
-    batch = ts.build_batch(_spec())
+    batch = sb.build_batch(_spec())
     assert float(batch["second_per_grid_ts"][0]) == pytest.approx(float(ref["second_per_grid_ts"][0]))
     assert batch["input_ids"].shape[0] == 3 + 2  # three position questions, needle shape and colour
     assert batch["row_video"].tolist() == [0, 0, 0, 1, 1]
@@ -51,7 +53,7 @@ def test_rows_are_the_eval_prompt_and_answer(processor):
 
 def test_packed_row_starts_with_the_eval_prompt_and_targets_every_answer(processor):
     samples = make_questions("position", 3)
-    _, rows = ts.encode_rows(processor, samples[0].frames, samples, pack=True)
+    _, rows = sb.encode_rows(processor, samples[0].frames, samples, pack=True)
     ((ids, spans),) = rows
     assert len(spans) == 3
     first = chat_prompt(processor, format_prompt(samples[0].question, samples[0].options, "word"))
@@ -62,7 +64,7 @@ def test_packed_row_starts_with_the_eval_prompt_and_targets_every_answer(process
         assert ids[start:stop] == encode_answers(tok, [s.answer_word], True)[0]
         assert tok.convert_ids_to_tokens(ids[start - 2 : start]) == ["<|im_start|>", "assistant"]
     assert ids.count(tok.convert_tokens_to_ids("<|video_pad|>")) == 128  # one video, later turns are text only
-    batch = ts.build_batch(dataclasses.replace(_spec(), pack=True))
+    batch = sb.build_batch(dataclasses.replace(_spec(), pack=True))
     assert batch["input_ids"].shape[0] == 2 and batch["row_video"].tolist() == [0, 1]
     assert batch["answer_first"].sum(1).tolist() == [3, 2]
     assert bool((batch["answer_first"] <= batch["answer_mask"]).all())
@@ -70,8 +72,8 @@ def test_packed_row_starts_with_the_eval_prompt_and_targets_every_answer(process
 
 def test_token_labels_follow_the_scene():
     sample = make_questions("needle", 5)[0]
-    labels = ts.token_labels(sample.layout)
-    assert labels.shape == (128, len(ts.LABELS))
+    labels = sb.token_labels(sample.layout)
+    assert labels.shape == (128, len(sb.LABELS))
     row, col = sample.metadata["cell"]
     slot = sample.metadata["frames"][0] // 2
     needle = labels[slot * 16 + row * 4 + col]
@@ -94,8 +96,8 @@ def test_token_labels_follow_the_scene():
 def test_aux_heads_read_the_kept_video_tokens():
     """With the probes as identity-like readers on a crafted capture, the loss and accuracies are what the labels
     and the kept tokens make them (text tokens and dropped tokens are ignored)."""
-    heads = ts.AuxHeads(hidden=8, slots=8, grid=4)
-    labels = ts.token_labels(make_questions("flash_count", 2)[0].layout)[None]  # [1, 128, 6]
+    heads = sh.AuxHeads(hidden=8, slots=8, grid=4)
+    labels = sb.token_labels(make_questions("flash_count", 2)[0].layout)[None]  # [1, 128, 6]
     feats = torch.zeros(128, 8)
     kept_tokens = torch.tensor([0, 5, 17, 127])
     capture = {
@@ -137,7 +139,7 @@ def test_temporal_positions_are_distinct(processor):
     from tokpress.eval.scoring import prepare
 
     model = ts.build_model(ts.MICRO)
-    batch = ts.build_batch(_spec(videos=(("direction", 0, False),)))
+    batch = sb.build_batch(_spec(videos=(("direction", 0, False),)))
     pos = ts.RopeCache(model).positions(batch, model.config.video_token_id)
     video = batch["input_ids"][0] == model.config.video_token_id
     t = pos[0, 0, video]
@@ -155,7 +157,7 @@ def test_temporal_positions_are_distinct(processor):
 
 
 def test_drop_patterns_keep_the_budget():
-    batch = ts.build_batch(_spec(drop=1.0, videos=(("position", 5, False),) * 3))
+    batch = sb.build_batch(_spec(drop=1.0, videos=(("position", 5, False),) * 3))
     video = batch["input_ids"] == 251
     kept = (batch["keep"] & video).sum(1)
     assert bool((kept < video.sum(1)).all()) and bool((kept >= 1).all())
@@ -170,7 +172,7 @@ def _single(processor, sample, metadata: bool = True):
 
 def test_forward_matches_model_and_tokpress_random(processor):
     model = ts.build_model(ts.MICRO, seed=1).eval()
-    batch = ts.build_batch(_spec(videos=(("color_extremes", 2, False),)))
+    batch = sb.build_batch(_spec(videos=(("color_extremes", 2, False),)))
     rope = ts.RopeCache(model)
     positions = rope.positions(batch, model.config.video_token_id)
     sample = make_questions("color_extremes", 2)[0]
@@ -270,7 +272,7 @@ def test_overfits_one_batch():
     cfg = ts.TrainConfig(lr=3e-3, size=ts.MICRO)
     model = ts.build_model(ts.MICRO, seed=0)
     optimizer = ts.make_optimizer(model, cfg)
-    batch = ts.build_batch(_spec(videos=(("color_extremes", 0, False), ("flash_count", 1, False))))
+    batch = sb.build_batch(_spec(videos=(("color_extremes", 0, False), ("flash_count", 1, False))))
     positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
     losses = [ts.train_step(model, optimizer, batch, positions, lr=cfg.lr)[0] for _ in range(30)]
     assert np.isfinite(losses).all()
@@ -280,8 +282,8 @@ def test_overfits_one_batch():
 def test_worker_batches_equal_inline():
     cfg = ts.TrainConfig(batch=2, seed=4, token_drop=0.5)
     specs = ts.block_specs(cfg, 10, 12, ts.task_weights(cfg.tasks, None, "uniform"))
-    inline = list(ts.iterate_batches(specs, ts.SynthConfig(), 0, 2))
-    pooled = list(ts.iterate_batches(specs, ts.SynthConfig(), 2, 2))
+    inline = list(sb.iterate_batches(specs, ts.SynthConfig(), 0, 2))
+    pooled = list(sb.iterate_batches(specs, ts.SynthConfig(), 2, 2))
     assert len(inline) == len(pooled) == 2
     for a, b in zip(inline, pooled):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -291,7 +293,7 @@ def test_first_answer_token_weight():
     """loss(w) = (w * ce_first + rest) / (w + n_rest) per row: three weights on one batch must agree on ce_first and
     rest, and a huge weight leaves the first token's cross-entropy alone."""
     model = ts.build_model(ts.MICRO, seed=0).eval()
-    batch = ts.build_batch(_spec(videos=(("direction", 0, False),)))
+    batch = sb.build_batch(_spec(videos=(("direction", 0, False),)))
     positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
     with torch.no_grad():
         rows = [ts.answer_loss(model, batch, positions, first_weight=w)[1].double() for w in (1.0, 3.0, 1e6)]
@@ -305,8 +307,8 @@ def test_first_answer_token_weight():
 def test_evidence_tokens_hold_the_answer():
     for task, seed in (("color_extremes", 4), ("direction", 4), ("flash_count", 4), ("needle", 4), ("position", 4)):
         for q in make_questions(task, seed):
-            labels = ts.token_labels(q.layout)
-            ev = ts.evidence_tokens(q, labels)
+            labels = sb.token_labels(q.layout)
+            ev = sb.evidence_tokens(q, labels)
             assert 1 <= int(ev.sum()) <= 16, (task, q.metadata["variant"])
             colors = {LAYOUT_COLORS[c] for c in labels[ev, 0].tolist()}
             if task == "needle":
@@ -328,10 +330,10 @@ def test_evidence_head_equals_the_layers_attention_weights():
         _spec(drop=0.5, videos=(("needle", 1, False), ("position", 2, False), ("color_extremes", 3, False))),
         pack=True,
     )
-    batch = ts.build_batch(spec)
+    batch = sb.build_batch(spec)
     model = ts.build_model(ts.MICRO, seed=2, attn="eager").eval()
     positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
-    evidence = ts.EvidenceAttention(model, layer=1, head=1)
+    evidence = sh.EvidenceAttention(model, layer=1, head=1)
     weights = {}
     hook = model.model.language_model.layers[1].self_attn.register_forward_hook(
         lambda m, a, out: weights.update(w=out[1])
@@ -370,3 +372,5 @@ def test_init_from_starts_at_the_checkpoint(tmp_path):
     _run(tmp_path, "c", "--init-from", str(tmp_path / "a"))
     evals = [json.loads(x) for x in (tmp_path / "c" / ts.CURVE_FILE).read_text().splitlines() if "val_accuracy" in x]
     assert evals[0]["step"] == 0 and evals[0]["val_accuracy"] == first["best_val_accuracy"]
+    assert "trained from scratch" in (tmp_path / "a" / "README.md").read_text()
+    assert f"initialised from `{tmp_path / 'a'}`" in (tmp_path / "c" / "README.md").read_text()
