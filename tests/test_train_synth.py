@@ -235,6 +235,10 @@ def test_smoke_run_checkpoint_loads_offline(tmp_path, monkeypatch):
     evals = [r for r in lines if "val_accuracy" in r]
     assert [r["step"] for r in evals] == [0, 3]
     assert set(evals[-1]["val_accuracy"]) == {*ts.TASKS, "mean"}
+    kinds = {"color_extremes/start", "color_extremes/end", "direction/direction", "flash_count/count"}
+    kinds |= {"needle/shape", "needle/color", "position/colour", "mean"}
+    assert set(summary["test_accuracy_by_question"]) == kinds  # the 5 test videos carry every kind of question
+    assert "| needle/color | needle/shape |" in readme
 
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
