@@ -29,6 +29,7 @@ import tokpress
 from tokpress.eval.methods import parse_method
 from tokpress.eval.timing import Clock, StageTimer
 from tokpress.flops import fastv_flops
+from tokpress.patches.cache_arg import output_cache
 
 logger = logging.getLogger("tokpress")
 
@@ -163,7 +164,7 @@ class Runner:
             "prefill": (stamps.span("lm", 0) or 0.0) - compression,
             "first_decode": stamps.span("top", 1),
             "peak_memory_mb": _peak_megabytes(self.device),
-            "kv_cache_mb": _kv_megabytes(out.past_key_values),
+            "kv_cache_mb": _kv_megabytes(output_cache(out)),
         }
 
     @torch.no_grad()

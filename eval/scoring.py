@@ -15,6 +15,7 @@ import torch
 
 from tokpress.errors import InputError
 from tokpress.eval.eval_data import EvalSample, answer_texts, chat_prompt, encode_answers, format_prompt, match_answer
+from tokpress.patches.cache_arg import CACHE_KWARG, output_cache
 
 logger = logging.getLogger("tokpress")
 
@@ -179,7 +180,7 @@ def option_logprobs(
     mask = torch.cat([batch["attention_mask"], torch.ones_like(ids, dtype=batch["attention_mask"].dtype)], 1)
     positions = _continuation_positions(model, batch, ids, mask)
     prompt_len = batch["input_ids"].shape[1]
-    cache = out.past_key_values
+    cache = output_cache(out)
     step_logits: list[torch.Tensor] = []
     need = width - 1  # the last option token needs no prediction after it
     if need > 0:
@@ -189,8 +190,9 @@ def option_logprobs(
             kwargs: dict[str, Any] = {"attention_mask": mask[:, : prompt_len + stop]}
             if positions is not None:
                 kwargs["position_ids"] = positions[..., start:stop]
-            step = model(input_ids=ids[:, start:stop], past_key_values=cache, use_cache=True, **kwargs)
-            cache = step.past_key_values
+            kwargs[CACHE_KWARG] = cache
+            step = model(input_ids=ids[:, start:stop], use_cache=True, **kwargs)
+            cache = output_cache(step)
             step_logits.append(torch.log_softmax(step.logits.float(), -1))
     rest = torch.cat(step_logits, 1) if step_logits else None
     results: list[list[tuple[float, int]]] = []

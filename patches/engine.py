@@ -26,6 +26,7 @@ from tokpress.config import TokpressConfig
 from tokpress.errors import InputError
 from tokpress.patches.attention import ProjectionCapture
 from tokpress.patches.base import Adapter
+from tokpress.patches.cache_arg import get_cache, set_cache
 from tokpress.patches.inner import InnerRunner
 from tokpress.patches.layout import Layout, gather_seq, pack, shrink
 from tokpress.patches.masks import chunk_mask, text_positions
@@ -119,7 +120,7 @@ class Engine:
         if args:
             kwargs = {**kwargs, "input_ids": args[0]}
         input_ids = kwargs.get("input_ids")
-        past = kwargs.get("past_key_values")
+        past = get_cache(kwargs)
         continuing = past is not None and past.get_seq_length() > 0
         session = self._session if continuing else None
         if continuing and (session is None or session.cache() is not past):
@@ -181,11 +182,12 @@ class Engine:
             return None
         t0 = self.clock(emb.device)
         batch, q, _ = emb.shape
-        past = kwargs.get("past_key_values")
+        past = get_cache(kwargs)
         use_cache = kwargs.get("use_cache")
         use_cache = self.adapter.text_config.use_cache if use_cache is None else use_cache
         if past is None and use_cache:
-            past = kwargs["past_key_values"] = DynamicCache(config=self.adapter.text_config)
+            past = DynamicCache(config=self.adapter.text_config)
+            set_cache(kwargs, past)
         session = chunk.session
         if session is None and past is not None:
             session = chunk.session = Session(

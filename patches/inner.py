@@ -18,6 +18,7 @@ from transformers.masking_utils import create_causal_mask
 from tokpress.config import budget
 from tokpress.errors import InputError
 from tokpress.patches.attention import apply_rope, last_query_attention, question_attention
+from tokpress.patches.cache_arg import CACHE_KWARG, get_cache
 from tokpress.patches.layout import gather_seq, pack, shrink
 from tokpress.patches.plans import check_plan
 from tokpress.patches.session import Chunk, Segment
@@ -66,7 +67,7 @@ class InnerRunner:
         return args, kwargs
 
     def _run_stage(self, stage: int, layer: int, hidden: torch.Tensor, chunk: Chunk, kwargs) -> torch.Tensor:
-        engine, session, past = self.engine, chunk.session, kwargs.get("past_key_values")
+        engine, session, past = self.engine, chunk.session, get_cache(kwargs)
         policy = engine.inner[stage]
         pruned, pre_len = None, chunk.layout.mask.shape[1]
         if chunk.stats is not None and not policy.decode and bool(chunk.layout.droppable.any()):
@@ -91,7 +92,7 @@ class InnerRunner:
             config=engine.adapter.text_config,
             inputs_embeds=hidden,
             attention_mask=mask,
-            past_key_values=past,
+            **{CACHE_KWARG: past},
             position_ids=None,
             layer_idx=layer,
         )
