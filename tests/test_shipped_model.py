@@ -58,8 +58,20 @@ def test_shipped_model_answers_with_all_tokens(shipped):
     model, _, prepared = shipped
     acc = _accuracy(model, prepared)
     assert set(acc) == set(TASKS)
-    assert sum(acc.values()) / len(acc) >= 0.9, acc
-    assert min(acc.values()) >= 0.75, acc  # 12 videos per family: one family may lose up to 3
+    assert sum(acc.values()) / len(acc) >= 0.95, acc
+    assert min(acc.values()) >= 0.9, acc  # 12 videos per family: one family may lose one
+
+
+def test_shipped_model_reads_the_needle_shape_and_colour(shipped):
+    """Both needle questions of 12 test videos: the first shipped model read the colour (1.00) but not the shape
+    (0.52 on 100 videos) of the token it attended to."""
+    from tokpress.eval.train_synth import val_samples
+
+    model, processor, _ = shipped
+    samples = val_samples(12, ["needle"], split="test", by_question=True)
+    acc = _accuracy(model, [prepare(model, processor, s) for s in samples])
+    assert set(acc) == {"needle/shape", "needle/color"}
+    assert min(acc.values()) >= 11 / 12, acc
 
 
 def test_shipped_model_generates_the_answer_word(shipped):
