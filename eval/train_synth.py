@@ -131,10 +131,7 @@ import torch
 
 from tokpress.errors import ConfigError
 from tokpress.eval.synth import SYNTH_FPS, TASKS, SynthConfig, make_split
-from tokpress.eval.synth_batches import (
-    BatchSpec,
-    iterate_batches,
-)
+from tokpress.eval.synth_batches import BatchSpec, iterate_batches
 from tokpress.eval.synth_heads import AuxHeads, EvidenceAttention, answer_word_ids
 from tokpress.eval.synth_model import FAMILY, MICRO, ModelSize, build_model, build_processor, synth_model_config
 
@@ -377,8 +374,8 @@ def val_samples(
 
     out = []
     for s in make_split(split, n, config, tasks, all_questions=by_question):  # type: ignore[arg-type]
-        variant = s.metadata["variant"] if s.task != "position" else "colour"
-        task = f"{s.task}/{variant}" if by_question else s.task
+        variant = s.metadata["variant"]  # position: the asked colour, one question per colour
+        task = f"{s.task}/{'colour' if s.task == 'position' else variant}" if by_question else s.task
         qid = f"{s.video_id}_{variant}" if by_question else f"{s.video_id}_q0"
         out.append(EvalSample(qid, task, s.question, list(s.options), s.answer, frames=s.frames, fps=SYNTH_FPS))
     return out
