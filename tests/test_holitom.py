@@ -95,15 +95,14 @@ DIM = 64
 def frozen_then_moving(seed: int = 0):
     """Frames 0-3 show the same 2 x 3 picture up to noise far below tau; frames 4 and 5 are new random content.
 
-    The 6 static positions form two clusters in feature space: positions 0, 1, 2 around ``a`` (1 in the middle,
-    0 and 2 off it in orthogonal directions by 0.05 in DPC-kNN units) and 3, 4, 5 around ``b`` (4 in the middle,
-    spread 0.1). With 2 centers and k = 2 the densest points of each cluster (1 and 4) are the density peaks.
+    The 6 static positions form two clusters in feature space, each on a line (distances in DPC-kNN units):
+    positions 0, 1, 2 at -0.05, 0, +0.06 around ``a`` and 3, 4, 5 at -0.1, 0, +0.12 around ``b``.
     """
     gen = torch.Generator().manual_seed(seed)
     grid = Grid(6, 2, 3)
     a, b = torch.randn(DIM, generator=gen), torch.randn(DIM, generator=gen)
     q = torch.linalg.qr(torch.randn(DIM, 4, generator=gen)).Q.T * math.sqrt(DIM)  # orthogonal, |q|/sqrt(D) = 1
-    picture = torch.stack([a + 0.05 * q[0], a, a + 0.05 * q[1], b + 0.1 * q[2], b, b + 0.1 * q[3]])
+    picture = torch.stack([a - 0.05 * q[0], a, a + 0.06 * q[0], b - 0.1 * q[2], b, b + 0.12 * q[2]])
     still = picture[None] + 0.002 * torch.randn(4, 6, DIM, generator=gen)
     moving = torch.randn(2, 6, DIM, generator=gen)
     features = torch.cat([still, moving]).reshape(grid.numel, DIM)
@@ -129,20 +128,30 @@ def test_frozen_segment_becomes_one_averaged_token_per_position_at_first_frame()
 
 @pytest.mark.parametrize("beta", [0.6, 0.0, 1.0])
 def test_static_tokens_dpc_centers_with_beta_merge_and_dynamic_top_attention_per_frame(beta):
+    """Groups: static means (6), frame 4 (6), frame 5 (6); budget 9 -> r' = 9 / 18 -> 3 tokens each.
+
+    Static means, DPC-kNN with k = min(K = 7, 3 centers) = 3 — the point itself and its 2 nearest (the reference's
+    rule); mean squared distances: 1: (.05^2 + .06^2) / 3 = .0020, 0: (.05^2 + .11^2) / 3 = .0049, 2: (.06^2 +
+    .11^2) / 3 = .0052, 4: (.1^2 + .12^2) / 3 = .0081, 3: (.1^2 + .22^2) / 3 = .0195, 5: (.12^2 + .22^2) / 3 = .0209,
+    so densities rank 1 > 0 > 2 > 4 > 3 > 5. delta: 1 -> the largest distance (between the clusters, ~1.4), 4 -> a
+    point of cluster a (~1.4), 0 -> .05, 2 -> .06, 3 -> .1, 5 -> .12. Scores density x delta: 1 and 4 lead, then
+    5 (.98 x .12 = .118) before 3 (.98 x .1 = .098), 2 (.060) and 0 (.050): centers 1, 4, 5. 0 and 2 join 1, 3 joins 4
+    (.1 against .22 to 5), 5 absorbs nothing.
+    Dynamic: frame 4 keeps its 3 most attended positions 1, 3, 4 (.9, .8, .7), frame 5 keeps 0, 4, 5 (.3, .2, .15),
+    although every frame-4 token outscores every frame-5 token: the selection is per frame.
+    """
     video = frozen_then_moving()
-    # groups: static means (6), frame 4 (6), frame 5 (6); budget 6 -> r' = 6 / 18 -> 2 tokens each
-    plan = outer(beta=beta).plan(video, 6)
-    # static centers 1 and 4 sit in frame 0; frame 4 keeps positions 1, 3 (0.9, 0.8), frame 5 keeps 0, 4 (0.3, 0.2)
-    # although every frame-4 token outscores every frame-5 token: the selection is per frame
-    assert plan.keep.tolist() == [1, 4, 24 + 1, 24 + 3, 30 + 0, 30 + 4]
+    plan = outer(beta=beta).plan(video, 9)
+    assert plan.keep.tolist() == [1, 4, 5, 24 + 1, 24 + 3, 24 + 4, 30 + 0, 30 + 4, 30 + 5]
     m = video.features[:24].reshape(4, 6, DIM).mean(0)
     expected_a = beta * m[1] + (1 - beta) * (m[0] + m[2]) / 2
-    expected_b = beta * m[4] + (1 - beta) * (m[3] + m[5]) / 2
+    expected_b = beta * m[4] + (1 - beta) * m[3]
     torch.testing.assert_close(plan.features[0], expected_a, rtol=0, atol=1e-5)
     torch.testing.assert_close(plan.features[1], expected_b, rtol=0, atol=1e-5)
-    torch.testing.assert_close(plan.features[2:], video.features[plan.keep[2:]], rtol=0, atol=0)
-    # each center stands for its 3 positions over 4 frames; the dropped dynamic tokens are represented nowhere
-    assert plan.sizes.tolist() == [12.0, 12.0, 1.0, 1.0, 1.0, 1.0]
+    torch.testing.assert_close(plan.features[2], m[5], rtol=0, atol=1e-5)  # a center alone is kept as is
+    torch.testing.assert_close(plan.features[3:], video.features[plan.keep[3:]], rtol=0, atol=0)
+    # each center stands for its positions over 4 frames; the dropped dynamic tokens are represented nowhere
+    assert plan.sizes.tolist() == [12.0, 8.0, 4.0] + [1.0] * 6
 
 
 def test_dynamic_tokens_follow_attention_not_features():

@@ -161,6 +161,56 @@ def test_dpc_knn_is_deterministic_on_ties():
     assert dpc_knn(torch.ones(1, 3), 4)[0].tolist() == [0]
 
 
+def test_dpc_knn_density_counts_the_point_itself_like_the_reference():
+    """Hand-derived on four 1-D points 0, 1, 1.5, 4 with k = 3 (D = 1, so distances are plain |x_i - x_j|).
+
+    Reference rule (TCFormer's ``cluster_dpc_knn`` as used by HoliTom / FastVID / PruneVid): ``topk(k)`` of a distance
+    row includes the point itself (0), so the density averages the point and its 2 nearest others:
+    a: (0 + 1 + 2.25) / 3 = 1.0833, b: (0 + .25 + 1) / 3 = .4167, c: (0 + .25 + 2.25) / 3 = .8333,
+    d: (0 + 6.25 + 9) / 3 = 5.0833 (density = exp(-that)), so b > c > a > d.
+    delta: b (densest) -> the largest distance overall, 4; c -> b at .5; a -> min(b 1, c 1.5) = 1; d -> c at 2.5.
+    score = density * delta: b 2.637, a .3385, c .2173, d .0155 -> centers {a, b}; c and d join b (nearer than a).
+    (Averaging over the k nearest *others* would make c the densest and pick {b, c}.)
+    """
+    from tokpress.ops import dpc_knn
+
+    x = torch.tensor([[0.0], [1.0], [1.5], [4.0]])
+    centers, assign, density = dpc_knn(x, 2, k=3)
+    assert centers.tolist() == [0, 1]
+    assert assign.tolist() == [0, 1, 1, 1]
+    want = torch.exp(-torch.tensor([3.25, 1.25, 2.5, 15.25]) / 3)
+    torch.testing.assert_close(density, want)
+
+
+def _reference_dpc_knn(x: torch.Tensor, c: int, k: int) -> tuple[list[int], list[int]]:
+    """A plain re-statement of the reference routine (one batch, no tie noise): self-inclusive top-k density, strict
+    'denser' mask, the densest point's delta = the largest distance of the matrix, top-c scores."""
+    dist = torch.cdist(x.double(), x.double()) / x.shape[-1] ** 0.5
+    density = (-(dist.topk(k, dim=-1, largest=False).values ** 2).mean(-1)).exp()
+    mask = (density[None, :] > density[:, None]).double()
+    delta = (dist * mask + dist.max() * (1 - mask)).min(-1).values
+    centers = (delta * density).topk(c).indices
+    assign = dist[:, centers].argmin(-1)
+    assign[centers] = torch.arange(c)
+    order = centers.argsort()  # report centers ascending, assignments renumbered to match
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(c)
+    return centers[order].tolist(), rank[assign].tolist()
+
+
+@pytest.mark.parametrize("n,c,k,dim", [(40, 5, 4, 8), (196, 20, 7, 16), (64, 63, 3, 4), (30, 1, 7, 2)])
+def test_dpc_knn_matches_a_restatement_of_the_reference(n, c, k, dim):
+    from tokpress.ops import dpc_knn
+
+    gen = torch.Generator().manual_seed(n + c)
+    for _ in range(3):
+        x = torch.randn(n, dim, generator=gen) * torch.rand(n, 1, generator=gen)  # uneven densities, no ties
+        centers, assign, _ = dpc_knn(x, c, k=k)
+        want_centers, want_assign = _reference_dpc_knn(x, c, k)
+        assert centers.tolist() == want_centers
+        assert assign.tolist() == want_assign
+
+
 def test_group_mean_weighted():
     from tokpress.ops import group_mean, group_size
 

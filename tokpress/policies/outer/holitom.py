@@ -40,10 +40,10 @@ Deviations from the reference code (cokeshao/HoliTom), with reasons:
   placed at its first frame. Nothing is clustered or pruned then; ``budget = N`` keeps every token unchanged.
 - Order and positions: the reference emits each segment as [static tokens] + [dynamic tokens per frame] and
   renumbers positions contiguously; tokpress returns kept indices in raster order with original positions.
-- DPC-kNN is the shared deterministic ``tokpress.ops.dpc_knn``: ties broken by index instead of 1e-6 random noise,
-  density over the ``k`` nearest *other* tokens (the reference counts the token itself, at distance 0, among its
-  ``k``), and the densest token's ``delta`` is its own largest distance (reference: the largest distance overall).
-  ``k`` is capped by the number of centers as in the reference.
+- DPC-kNN is the shared ``tokpress.ops.dpc_knn``, which computes the reference's densities, deltas and scores
+  (the token itself among its ``k`` nearest, the densest token's ``delta`` the largest distance overall) but breaks
+  ties by index instead of adding 1e-6 random noise, so runs are reproducible. ``k`` is capped by the number of
+  centers as in the reference.
 - The reference's VisionZip-style "contextual" share ``D`` of dynamic tokens defaults to 0 there; it is not
   implemented (dynamic tokens are pure attention top-k).
 - Vision attention is whatever the adapter supplies (see ``VideoTokens.attention``: summed over the patches merged

@@ -31,8 +31,9 @@ the earlier group). A group keeping all its tokens is left unclustered. Deviatio
   for.
 * The reference skips clustering for groups of at most 14 tokens; with an exact budget that rule would only move
   the reduction elsewhere, so every group is clustered at the shared ratio.
-* The reference adds random noise to DPC-kNN densities and counts each point among its own ``k`` neighbours; the
-  shared :func:`tokpress.ops.dpc_knn` breaks ties by index and excludes the point itself (deterministic).
+* DPC-kNN is the shared :func:`tokpress.ops.dpc_knn`, the reference's rule (each point counts among its own ``k``
+  nearest) except that ties are broken by index instead of random noise (reproducible runs). ``k`` is clamped to
+  the group's size, where the reference's ``topk`` would fail.
 * Merged tokens keep the position of their center (the engine's original-position convention); the reference
   re-numbers contiguously and orders each segment as [static][dynamic of frame 1]...; here the kept tokens stay in
   raster order.
