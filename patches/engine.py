@@ -31,7 +31,7 @@ from tokpress.patches.inner import InnerRunner
 from tokpress.patches.layout import Layout, gather_seq, pack, shrink
 from tokpress.patches.masks import chunk_mask, text_positions
 from tokpress.patches.plans import outer_keep
-from tokpress.patches.session import Chunk, Segment, Session, has_video_inputs, sequence_index
+from tokpress.patches.session import SESSION_ATTR, Chunk, Segment, Session, has_video_inputs, sequence_index
 from tokpress.patches.vision import VisionAttention
 from tokpress.policies.base import VideoSlot
 from tokpress.registry import get_policy
@@ -57,7 +57,6 @@ class Engine:
         self.vision: VisionAttention | None = None
         self.runner = InnerRunner(self)
         self._handles: list = []
-        self._session: Session | None = None
         self.chunk: Chunk | None = None
 
     def __repr__(self) -> str:
@@ -95,7 +94,7 @@ class Engine:
         if self.vision is not None:
             self.vision.remove()
             self.vision = None
-        self._session = self.chunk = None
+        self.chunk = None
 
     def _drop_layer_positions(self, module, args, kwargs):
         """Decoder layers use ``position_ids`` only for flash-attention's packed-sequence detection; after
@@ -122,8 +121,8 @@ class Engine:
         input_ids = kwargs.get("input_ids")
         past = get_cache(kwargs)
         continuing = past is not None and past.get_seq_length() > 0
-        session = self._session if continuing else None
-        if continuing and (session is None or session.cache() is not past):
+        session = self._session_of(past) if continuing else None
+        if continuing and session is None:
             logger.warning("tokpress: a non-empty KV cache it did not fill was passed; running uncompressed")
             return None
         if continuing and session.dropped:
@@ -138,6 +137,16 @@ class Engine:
             has_video = bool(is_video.any())
         self.chunk = Chunk(is_video=is_video, has_video=has_video, continuing=continuing, session=session)
         return (), kwargs
+
+    def _session_of(self, past) -> Session | None:
+        """The session of a cache this engine filled, or of a copy of one (``copy.deepcopy`` copies the session with
+        the cache: a query-agnostic plan then serves every question asked on a copy of the same video prefix)."""
+        session = getattr(past, SESSION_ATTR, None)
+        if not isinstance(session, Session) or session.owner is None or session.owner() is not self:
+            return None
+        if session.cache() is not past:  # the copy's own session still points at the original cache
+            session.cache = weakref.ref(past)
+        return session
 
     def _continue_session(self, session: Session, input_ids, kwargs):
         """Continuation of a cache shorter than what the caller fed: undo ``generate()``'s re-feeding (P9) and
@@ -191,9 +200,12 @@ class Engine:
         session = chunk.session
         if session is None and past is not None:
             session = chunk.session = Session(
-                weakref.ref(past), [None] * (1 + len(self.inner)), memory=[{} for _ in range(batch)]
+                weakref.ref(past),
+                [None] * (1 + len(self.inner)),
+                owner=weakref.ref(self),
+                memory=[{} for _ in range(batch)],
             )
-        self._session = session
+            setattr(past, SESSION_ATTR, session)
         pos = kwargs.get("position_ids")
         given_pos = pos is not None
         if not given_pos:
@@ -214,7 +226,9 @@ class Engine:
                 session.slots = chunk.slots
         if has_video and self.outer is not None:
             attention = self.vision.take(spans) if self.vision is not None else None
-            keep, replace, plans = outer_keep(self.outer, self.config.outer.ratio, emb, spans, layout, attention)
+            keep, replace, plans = outer_keep(
+                self.outer, self.config.outer.ratio, emb, spans, layout, attention, self.adapter.family
+            )
             index, filler = pack(keep)
             emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)

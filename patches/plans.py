@@ -32,6 +32,7 @@ def outer_keep(
     spans: list[list[VideoSpan]],
     layout: Layout,
     attention: list[list[torch.Tensor | None]] | None = None,
+    family: str = "",
 ) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]]]:
     """Plan every video of the batch.
 
@@ -42,6 +43,7 @@ def outer_keep(
         spans: per sample, its videos.
         layout: the logical layout (for the padding of each sample).
         attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
+        family: the adapter's family name, passed on as ``VideoTokens.family``.
 
     Returns:
         per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
@@ -55,7 +57,9 @@ def outer_keep(
             n = span.grid.numel
             k = budget(ratio, n)
             att = attention[b][j] if attention is not None else None
-            video = VideoTokens(embeds[b, span.start : span.start + n], span.grid, sample=b, video=j, attention=att)
+            video = VideoTokens(
+                embeds[b, span.start : span.start + n], span.grid, sample=b, video=j, attention=att, family=family
+            )
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             alive[span.start : span.start + n] = False
             alive[span.start + plan.keep] = True

@@ -355,7 +355,17 @@ def test_deterministic():
 def test_registered_and_asks_for_vision_attention():
     assert FastVIDPolicy.name == "fastvid" and FastVIDPolicy.needs_vision_attention
     cfg = FastVIDConfig()
-    assert (cfg.c, cfg.tau, cfg.d, cfg.p, cfg.beta, cfg.k) == (8, 0.9, 0.4, 4, 0.6, 4)
+    assert (cfg.c, cfg.tau, cfg.d, cfg.p, cfg.beta, cfg.k, cfg.form, cfg.ignore) == (
+        8,
+        None,
+        0.4,
+        4,
+        0.6,
+        4,
+        "auto",
+        0.95,
+    )
+    assert (cfg.tau_for("llava"), cfg.tau_for("qwen")) == (0.9, 0.84)
 
 
 def test_missing_or_misshaped_attention_raises():

@@ -56,6 +56,8 @@ class VideoTokens:
         attention: ``[N]`` attention each token receives in the vision encoder's last block within its frame (mean
             over heads; over queries as the policy's ``vision_attention`` says; summed over the patches merged into
             the token), float32; given only to policies with ``needs_vision_attention``.
+        family: the model family's adapter name (``"qwen2_vl"``, ``"llava_onevision"``, ...; ``""`` when unknown),
+            for methods whose authors ship a different form per family (FastVID).
     """
 
     features: torch.Tensor
@@ -63,6 +65,7 @@ class VideoTokens:
     sample: int = 0
     video: int = 0
     attention: torch.Tensor | None = None
+    family: str = ""
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """``fastvid`` — FastVID (Shen et al., NeurIPS 2025, "FastVID: Dynamic Density Pruning for Fast Video Large
-Language Models"), the LLaVA-OneVision "parallel" form of the method.
+Language Models"). The authors ship two forms, and tokpress has both: the LLaVA-OneVision "parallel" form (below)
+and the Qwen2.5-VL form (section "Qwen form"); ``form="auto"`` (default) picks the Qwen form for the Qwen families
+(``VideoTokens.family`` starting with ``qwen``) and the LLaVA form otherwise, as the authors do.
 
 Algorithm:
 
@@ -50,15 +52,39 @@ Deviations from the reference code, and why:
   each anchor frame merges only its own tokens and the non-anchor frames' tokens are dropped.
 * DySeg asks for ``min(c - 1, T - 1)`` lowest similarities (the reference's ``topk`` fails on short videos); ties go to
   the earlier transition. Salient and anchor ties go to the lower index (stable sorts).
-* DPC-kNN is tokpress's :func:`~tokpress.ops.dpc_knn` (shared with HoliTom and PruneVid): density over the ``k``
-  nearest *other* tokens, ties broken by index instead of the reference's ``1e-6`` random noise. The reference's
-  ``topk(k=4)`` counts the token itself among the four (3 others, averaged over 4). The densest token's ``delta`` is
-  its largest distance rather than the frame's largest: the ranking is the same.
+* DPC-kNN is tokpress's :func:`~tokpress.ops.dpc_knn` (shared with HoliTom and PruneVid), the reference's rule —
+  ``topk(k = 4)`` of the distance row counts the token itself, so the density averages it and its 3 nearest others;
+  the densest token's ``delta`` is the frame's largest distance — with ties broken by index instead of the
+  reference's ``1e-6`` random noise (reproducible runs).
 * An anchor always joins its own group (the reference relies on ``cos(x, x)`` being the unique maximum).
 * ``budget == N`` returns every token unmerged (the identity plan), so ``retain_ratio = 1`` is exact; the rule above
   would otherwise still merge the anchors of a segment's anchor frames into each other.
-* Not ported from the Qwen2.5-VL variant: the ``DySeg_ignore = 0.95`` sub-segments and the ``N / 2`` cap on an anchor
-  frame's context (its recommended ``tau = 0.84`` can be passed as an option).
+
+Qwen form (the authors' Qwen2.5-VL code, their defaults ``tau = 0.84``, ``ignore = 0.95``; :func:`qwen_counts`):
+
+1. DySeg as above (with ``tau = 0.84``).
+2. Per segment of ``S`` frames with budget ``R`` (the sum of its frames' shares): ``C = max(int(R d), 1)`` context
+   tokens — every segment keeps at least one merged token — and ``R - C`` salient tokens.
+3. A one-frame segment puts both on its frame. A longer segment is cut again into **sub-segments** wherever the
+   adjacent-frame similarity of the global features is below ``ignore``; only each sub-segment's *last* frame gets
+   tokens. The salient tokens are split evenly over the ``V`` sub-segments (the remainder to the earliest); the
+   context tokens evenly over the ``ceil(V / p)`` anchor sub-segments — the last one and every ``p``-th counting
+   back (the remainder to those nearest the end) — each capped at ``P // 2``; a frame's salient count is capped at
+   ``P`` minus its context.
+4. Salient tokens: top attention of their frame. Anchors: DPC-kNN peaks (``k = 4``) among the frame's non-salient
+   tokens.
+5. DTM per anchor frame ``f``: every token of the segment that is neither salient nor one of ``f``'s own anchors
+   joins ``f``'s most cosine-similar anchor; an anchor joined by ``n`` tokens becomes ``w x_anchor + (1 - w)
+   mean(joined)`` with ``w = max(1 / (n + 1), beta)`` — the average excludes the kept tokens (the LLaVA form's
+   includes the anchor itself) and an anchor nothing joined stays as it is.
+
+Qwen-form budget: the reference loses what its caps cut off (it keeps 24.1 % at ``r = 0.27``); tokpress gives those
+tokens to the segment as extra salient tokens — first on its sub-segments' last frames (latest first), then on its
+other frames (latest first) — so the total is exactly ``budget``. ``C`` is at most ``R`` (a segment with ``R = 0``
+keeps nothing). ``Plan.sizes``: a salient token stands for 1; an anchor for itself plus ``1 / A'`` of each joining
+token that is not another frame's anchor (``A'`` = the segment's anchor frames), so the sizes of a segment with
+``R > 0`` sum to its token count. The reference's dead assignment after the ``P // 2`` cap changes nothing and is
+not reproduced.
 """
 
 from __future__ import annotations
@@ -88,21 +114,46 @@ class FastVIDConfig(PolicyConfig):
 
     #: DySeg: at least ``c`` segments — cut at the ``c - 1`` lowest adjacent-frame similarities
     c: int = 8
-    #: DySeg: also cut wherever the adjacent-frame similarity of the global features is below ``tau``
-    tau: float = 0.9
+    #: DySeg: also cut wherever the adjacent-frame similarity of the global features is below ``tau``; ``None``: the
+    #: form's default (0.9 LLaVA, 0.84 Qwen)
+    tau: float | None = None
     #: STPrune: share of each frame's tokens that are context (merged anchors); ``salient = keep - int(keep * d)``
     d: float = 0.4
     #: DTM: anchor frames are a segment's last frame and every ``p``-th frame counting back from it
     p: int = 4
     #: DTM: lower bound of an anchor's own weight, ``w = max(1 / (n + 1), beta)``
     beta: float = 0.6
-    #: DPC-kNN: the density of a token averages its squared distances to its ``k`` nearest other tokens
+    #: DPC-kNN: the density of a token averages its ``k`` smallest squared distances (itself, at 0, included)
     k: int = 4
+    #: ``"auto"`` (Qwen form for Qwen families, LLaVA form otherwise), ``"llava"`` or ``"qwen"``
+    form: str = "auto"
+    #: Qwen form: inside a segment, cut sub-segments where the adjacent-frame similarity is below ``ignore``
+    ignore: float = 0.95
+
+    def tau_for(self, form: str) -> float:
+        """DySeg's ``tau`` for ``form`` (``"llava"`` / ``"qwen"``): the option, or the authors' default."""
+        if self.tau is not None:
+            return float(self.tau)
+        return 0.84 if form == "qwen" else 0.9
+
+    def form_for(self, family: str) -> str:
+        """The form to run on ``family`` (``VideoTokens.family``)."""
+        if self.form != "auto":
+            return self.form
+        return "qwen" if family.startswith("qwen") else "llava"
 
     def validate(self) -> None:
         self.check(_is_int(self.c) and self.c >= 1, f"c must be an int >= 1 (minimum segments), got {self.c!r}")
         self.check(
-            _is_num(self.tau) and -1 <= self.tau <= 1, f"tau must be a cosine threshold in [-1, 1], got {self.tau!r}"
+            self.tau is None or (_is_num(self.tau) and -1 <= self.tau <= 1),
+            f"tau must be a cosine threshold in [-1, 1] (or None for the form's default), got {self.tau!r}",
+        )
+        self.check(
+            _is_num(self.ignore) and -1 <= self.ignore <= 1,
+            f"ignore must be a cosine threshold in [-1, 1], got {self.ignore!r}",
+        )
+        self.check(
+            self.form in ("auto", "llava", "qwen"), f"form must be 'auto', 'llava' or 'qwen', got {self.form!r}"
         )
         self.check(_is_num(self.d) and 0 <= self.d <= 1, f"d must be a number in [0, 1], got {self.d!r}")
         self.check(_is_int(self.p) and self.p >= 1, f"p must be an int >= 1 (anchor-frame spacing), got {self.p!r}")
@@ -185,6 +236,75 @@ def stprune_counts(
     return salient, anchors
 
 
+def qwen_counts(
+    lengths: torch.Tensor, sim: torch.Tensor, per_frame: int, budget: int, d: float, p: int, ignore: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Qwen form's salient and anchor counts per frame (``[T]`` each, ``torch.long``), summing to ``budget``.
+
+    Args:
+        lengths: ``[n_seg]`` DySeg segment lengths.
+        sim: ``[T - 1]`` cosine of adjacent frames' global features (sub-segments cut where ``sim < ignore``).
+        per_frame: tokens per frame ``P``.
+
+    See the module docstring ("Qwen form"). A Python loop over frames (never tokens): the counts are small ints.
+    """
+    t = int(lengths.sum())
+    share = [(i + 1) * budget // t - i * budget // t for i in range(t)]  # floor or ceil of budget / T
+    cut = (sim < ignore).tolist()
+    salient, anchors = [0] * t, [0] * t
+    start = 0
+    for length in lengths.tolist():
+        stop = start + length
+        seg_budget = sum(share[start:stop])
+        context = min(max(int(seg_budget * d), 1), seg_budget)
+        spread = seg_budget - context
+        if length == 1:
+            salient[start], anchors[start] = spread, context
+        else:
+            ends = [f for f in range(start, stop - 1) if cut[f]] + [stop - 1]  # last frames of the sub-segments
+            v, a = len(ends), -(-len(ends) // p)
+            for i, f in enumerate(ends):
+                back = v - 1 - i  # sub-segments after this one; anchors every p-th counting back, the last first
+                anchors[f] = min(context // a + (back // p < context % a), per_frame // 2) if back % p == 0 else 0
+                salient[f] = min(spread // v + (i < spread % v), per_frame - anchors[f])
+            lost = seg_budget - sum(salient[start:stop]) - sum(anchors[start:stop])
+            rest = [f for f in range(stop - 1, start - 1, -1) if f not in ends]
+            for f in ends[::-1] + rest:  # what the caps cut off: extra salient tokens, latest frames first
+                add = min(lost, per_frame - salient[f] - anchors[f])
+                salient[f] += add
+                lost -= add
+        start = stop
+    device = lengths.device
+    return torch.tensor(salient, device=device), torch.tensor(anchors, device=device)
+
+
+def dtm_merge_excluding(
+    pool: torch.Tensor, anchors: torch.Tensor, beta: float, other_anchor: torch.Tensor, n_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Qwen form's DTM: merge the ``pool`` ``[Q, D]`` rows that are not ``anchors`` ``[m]`` into those anchors.
+
+    Every non-anchor row joins its most cosine-similar anchor (ties: the earlier anchor); an anchor joined by ``n``
+    rows becomes ``w x_anchor + (1 - w) mean(joined)``, ``w = max(1/(n+1), beta)`` — the mean excludes the anchor.
+
+    Args:
+        other_anchor: ``[Q]`` bool, rows that are anchors of the segment's other anchor frames (they join, but are
+            kept tokens of their own, so they add nothing to the sizes).
+        n_frames: the segment's anchor frames ``A'``; every other joining row adds ``1 / A'`` to its anchor's size.
+
+    Returns:
+        merged features ``[m, D]`` float32 and sizes ``[m]`` float32.
+    """
+    m = anchors.numel()
+    x = pool.float()
+    joins = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    joins[anchors] = False
+    assign = cosine_matrix(x[joins], x[anchors]).argmax(-1)
+    n = group_size(assign, m)
+    w = (1 / (n + 1)).clamp_min(beta)[:, None]  # n = 0: w = 1, the anchor as it is
+    merged = w * x[anchors] + (1 - w) * group_mean(x[joins], assign, m)
+    return merged, 1 + group_size(assign, m, (~other_anchor[joins]).float() / n_frames)
+
+
 def dtm_merge(pool: torch.Tensor, anchors: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-weighted temporal merge of ``pool`` ``[Q, D]`` into the pool rows ``anchors`` ``[m]``.
 
@@ -225,8 +345,14 @@ class FastVIDPolicy(OuterPolicy):
         if budget >= n:
             return Plan(torch.arange(n, device=device))
         frames = x.reshape(t, p, -1)
-        lengths = dyseg(frames.float().mean(1), cfg.c, cfg.tau)
-        salient, anchors = stprune_counts(lengths, p, budget, cfg.d, cfg.p)
+        form = cfg.form_for(video.family)
+        global_features = frames.float().mean(1)
+        lengths = dyseg(global_features, cfg.c, cfg.tau_for(form))
+        if form == "qwen":
+            sim = cosine_adjacent(global_features[:, None, :]).squeeze(1)
+            salient, anchors = qwen_counts(lengths, sim, p, budget, cfg.d, cfg.p, cfg.ignore)
+        else:
+            salient, anchors = stprune_counts(lengths, p, budget, cfg.d, cfg.p)
 
         # salient tokens: the top-`salient[t]` of each frame by attention (stable: ties to the lower index)
         order = torch.sort(att.reshape(t, p).float(), dim=1, descending=True, stable=True).indices
@@ -250,14 +376,24 @@ class FastVIDPolicy(OuterPolicy):
             if absorbing:
                 pool = (~is_salient[start:stop]).flatten().nonzero().squeeze(1) + start * p  # grid indices
                 x_pool = x[pool].float()
+                centers = []
                 for f in absorbing:
                     offset = first_free[f] - first_free[start]  # the frame's first row in `pool`
                     local = x_pool[offset : offset + n_free[f]]  # the anchor frame's non-salient tokens
-                    centers = dpc_knn(local, anchors_l[f], k=cfg.k)[0] + offset
-                    merged, joined = dtm_merge(x_pool, centers, cfg.beta)
-                    keep.append(pool[centers])
+                    centers.append(dpc_knn(local, anchors_l[f], k=cfg.k)[0] + offset)
+                is_anchor = torch.zeros(pool.numel(), dtype=torch.bool, device=device)
+                is_anchor[torch.cat(centers)] = True
+                for own in centers:
+                    if form == "qwen":
+                        other = is_anchor.clone()
+                        other[own] = False
+                        merged, size = dtm_merge_excluding(x_pool, own, cfg.beta, other, len(absorbing))
+                    else:
+                        merged, joined = dtm_merge(x_pool, own, cfg.beta)
+                        size = joined / len(absorbing)
+                    keep.append(pool[own])
                     feats.append(merged)
-                    sizes.append(joined / len(absorbing))
+                    sizes.append(size)
             start = stop
 
         keep = torch.cat(keep)
