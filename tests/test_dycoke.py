@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.config import budget as budget_of
-from tokpress.errors import ConfigError
+from tokpress.errors import ConfigError, InputError
 from tokpress.policies.base import Grid, InnerTokens, VideoTokens
 from tokpress.policies.inner.dycoke import DyCokeKVConfig, DyCokeKVPolicy
 from tokpress.policies.outer.dycoke import DyCokeTTMConfig, DyCokeTTMPolicy, frame_references, ttm_retain_ratio
@@ -111,18 +111,44 @@ def test_ttm_leftover_tokens_go_to_frames_whose_next_candidate_is_least_similar(
     assert ttm().plan(video, budget).keep.tolist() == expected_keep(ANCHORS, partial)
 
 
-def test_ttm_below_the_anchor_floor_thins_anchor_frames_evenly():
+def test_ttm_at_the_anchor_floor_keeps_exactly_the_anchors():
     video, _ = crafted_video()
-    # exactly the anchors
-    assert ttm().plan(video, 3 * P).keep.tolist() == expected_keep(ANCHORS, {})
-    # two per anchor frame, centred in halves of the frame's raster order: positions 3 and 9
-    assert ttm().plan(video, 6).keep.tolist() == sorted(f * P + p for f in ANCHORS for p in (3, 9))
-    for budget in (1, 2, 5, 3 * P - 1):
-        keep = ttm().plan(video, budget).keep
-        assert_valid_keep(keep, budget, 8 * P)
-        counts = torch.bincount(keep // P, minlength=8)
-        assert counts[[1, 2, 3, 5, 7]].sum() == 0, "compared frames must go before anchors are thinned"
-        assert int(counts[ANCHORS].max() - counts[ANCHORS].min()) <= 1
+    assert ttm().plan(video, 3 * P).keep.tolist() == expected_keep(ANCHORS, {})  # the paper's k = 1
+
+
+def test_ttm_below_the_anchor_floor_spreads_over_every_frame_by_similarity():
+    """35 tokens, one short of the anchors' 36: 35 = 8 x 4 + 3, so every frame keeps 4 and the 3 extra go to the
+    anchors 0, 4, 6 (time order). Frame 0 has no reference: evenly spaced positions floor((2i + 1) 12 / 10) =
+    1, 3, 6, 8, 10. Anchor 4 is scored against the previous anchor (frame 0), anchor 6 against anchor 4, each
+    compared frame against its TTM reference; each keeps its least similar tokens."""
+    video, sims = crafted_video()
+    x = video.features.reshape(8, P, DIM)
+    keep = ttm().plan(video, 3 * P - 1).keep
+    partial = {0: [1, 3, 6, 8, 10], 4: least_similar(F.cosine_similarity(x[4], x[0], dim=-1), 5)}
+    partial[6] = least_similar(sims[6], 5)  # crafted against frame 4
+    partial.update({f: least_similar(sims[f], 4) for f in (1, 2, 3, 5, 7)})
+    assert keep.tolist() == expected_keep([], partial)
+
+
+def test_ttm_below_the_floor_keeps_every_time_step_and_gives_extras_to_anchors_first():
+    video, _ = crafted_video()
+    for budget in (8, 10, 20, 3 * P - 1):
+        counts = torch.bincount(ttm().plan(video, budget).keep // P, minlength=8)
+        assert bool((counts >= 1).all()) and int(counts.sum()) == budget
+        assert int(counts.max() - counts.min()) <= 1
+        if int(counts[[1, 2, 3, 5, 7]].max()) > int(counts.min()):  # a compared frame got an extra token:
+            assert int(counts[ANCHORS].min()) == int(counts.max())  # every anchor got one before it
+    assert torch.bincount(ttm().plan(video, 10).keep // P, minlength=8).tolist() == [2, 1, 1, 1, 2, 1, 1, 1]
+    # 5 < T: one each to the anchors 0, 4, 6, then evenly spaced compared frames: floor((2i + 1) 5 / 4) -> 2nd, 4th
+    counts = torch.bincount(ttm().plan(video, 5).keep // P, minlength=8)
+    assert counts.tolist() == [1, 0, 1, 0, 1, 1, 1, 0]
+
+
+def test_ttm_below_the_floor_can_refuse_with_the_lowest_ratio():
+    video, _ = crafted_video()
+    with pytest.raises(InputError, match=r"retain_ratio >= 0\.3750"):
+        ttm(below_floor="error").plan(video, 3 * P - 1)
+    assert ttm(below_floor="error").plan(video, 3 * P).keep.numel() == 3 * P
 
 
 def test_ttm_exact_budget_for_every_budget():
@@ -133,6 +159,8 @@ def test_ttm_exact_budget_for_every_budget():
         assert_valid_keep(keep, budget, n)
         if budget >= 3 * P:
             assert set(expected_keep(ANCHORS, {})) <= set(keep.tolist()), budget
+        elif budget >= 8:
+            assert bool((torch.bincount(keep // P, minlength=8) > 0).all()), budget
     assert ttm().plan(video, n).keep.tolist() == list(range(n))
 
 
@@ -156,6 +184,8 @@ def test_ttm_bf16_matches_fp32_of_the_same_values_and_is_deterministic():
 def test_ttm_config_validation():
     with pytest.raises(ConfigError, match="last_window_third_whole"):
         DyCokeTTMConfig(last_window_third_whole="yes")
+    with pytest.raises(ConfigError, match="below_floor"):
+        DyCokeTTMConfig(below_floor="thin")
 
 
 # ---- KV selection (inner, decode time) -----------------------------------------------------------------------------

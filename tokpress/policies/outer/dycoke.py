@@ -19,10 +19,19 @@ the compared frames whose next candidate (its ``q + 1``-th least similar token) 
 (ties: earlier frame). ``ttm_retain_ratio(k, T, P)`` gives the ``retain_ratio`` at which the reference's ``k``
 is reproduced exactly (e.g. ``k = 0.7``, ``T = 32``, ``P = 196``: 3098 / 6272 = 0.4939).
 
-Below the paper's floor (``budget < A * P``: the anchors alone exceed the budget) every compared frame keeps
-nothing and the anchors are thinned like ``uniform``: each anchor frame keeps ``floor`` or ``ceil`` of
-``budget / A`` tokens, evenly spaced in raster order. An anchor has no reference frame, so there is no similarity
-order to prune it by, and even spacing keeps every row of the frame covered.
+Below the paper's floor. TTM keeps every anchor frame whole, so it cannot keep fewer than ``A * P`` tokens
+(``A / T`` of the video: 3/8 at 8 frames, 5/16 at 16, 9/32 at 32); at the floor itself the compared frames keep
+nothing (the paper's ``k = 1``). For ``budget < A * P`` the paper has no answer, and tokpress does not drop whole
+time steps (the old rule — compared frames empty, anchors thinned — took the synthetic benchmark from 91.5 % at
+``r = 0.5`` to 57 % at ``r = 0.25``). ``below_floor`` decides:
+
+- ``"spread"`` (default): every frame keeps ``floor`` or ``ceil`` of ``budget / T`` tokens (the extra ones go to the
+  anchor frames first, in time order, then to evenly spaced compared frames), chosen by TTM's own score: the tokens
+  least similar to the same position of the frame's reference. A compared frame's reference is its TTM reference;
+  an anchor's is the previous anchor (the chain of window heads); the first frame has none and keeps evenly spaced
+  tokens (no similarity order to prune it by; even spacing covers every row). Every time step keeps tokens as long
+  as ``budget >= T``.
+- ``"error"``: refuse with an :class:`~tokpress.errors.InputError` naming the lowest ratio this video allows.
 
 Deviations from the reference code (``KD-TAO/DyCoke``, ``llava_arch.dycole_ttm``):
 
@@ -34,6 +43,7 @@ Deviations from the reference code (``KD-TAO/DyCoke``, ``llava_arch.dycole_ttm``
   the window rule to it: it is an anchor (window start, or the last window's third frame).
 - Ties in similarity are broken towards the lower position (stable sort) for determinism.
 - The layout-specific newline token (LLaVA-OneVision) is not part of the grid; the engine keeps it.
+- Below the floor (above): the reference cannot go there at all.
 """
 
 from __future__ import annotations
@@ -43,9 +53,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tokpress.ops import topk_sorted
+from tokpress.errors import InputError
+from tokpress.ops import evenly_spaced, topk_sorted
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
-from tokpress.policies.outer.uniform import uniform_indices
 from tokpress.registry import register_policy
 
 
@@ -53,11 +63,17 @@ from tokpress.registry import register_policy
 class DyCokeTTMConfig(PolicyConfig):
     last_window_third_whole: bool = True
     """Keep frame ``a+2`` of the last window whole, as the reference code does; False compares it with ``a``."""
+    below_floor: str = "spread"
+    """Budgets below the anchors' floor: ``"spread"`` over every frame by TTM's score, or ``"error"``."""
 
     def validate(self) -> None:
         self.check(
             isinstance(self.last_window_third_whole, bool),
             f"last_window_third_whole must be True or False, got {self.last_window_third_whole!r}",
+        )
+        self.check(
+            self.below_floor in ("spread", "error"),
+            f"below_floor must be 'spread' or 'error', got {self.below_floor!r}",
         )
 
 
@@ -83,7 +99,47 @@ def ttm_retain_ratio(k: float, frames: int, per_frame: int, last_window_third_wh
     return (anchors * per_frame + (frames - anchors) * int((1 - k) * per_frame)) / (frames * per_frame)
 
 
-def ttm_keep(x: torch.Tensor, budget: int, last_window_third_whole: bool = True) -> torch.Tensor:
+def ttm_floor(frames: int, per_frame: int, last_window_third_whole: bool = True) -> int:
+    """The fewest tokens TTM can keep: its anchor frames whole (``A * P``)."""
+    return int((frame_references(frames, last_window_third_whole) < 0).sum()) * per_frame
+
+
+def spread_keep(x: torch.Tensor, budget: int, ref: torch.Tensor) -> torch.Tensor:
+    """Below the floor: sorted indices of ``budget`` tokens of ``x`` ``[T, P, D]``, an even share per frame.
+
+    Args:
+        ref: ``[T]`` TTM references (``-1`` for anchors). Anchors are scored against the previous anchor instead.
+    """
+    frames, per_frame = x.shape[:2]
+    device = x.device
+    anchor = ref < 0
+    t = torch.arange(frames, device=device)
+    previous = torch.cummax(torch.where(anchor, t, -1), 0).values  # latest anchor at or before each frame
+    prev_anchor = torch.cat([torch.tensor([-1], device=device), previous[:-1]])
+    spread_ref = torch.where(anchor, prev_anchor, ref)  # frame 0 stays -1
+    share = torch.full((frames,), budget // frames, dtype=torch.long, device=device)
+    extra = budget % frames
+    heads = anchor.nonzero().squeeze(1)[:extra]  # the extra tokens: anchors first, in time order
+    share[heads] += 1
+    rest = extra - heads.numel()
+    if rest:
+        others = (~anchor).nonzero().squeeze(1)
+        share[others[evenly_spaced(others.numel(), rest, device)]] += 1
+    has_ref = spread_ref >= 0
+    score = torch.zeros(frames, per_frame, device=device)  # frame 0: rank positions so that evenly spaced come first
+    score[has_ref] = F.cosine_similarity(x[has_ref].float(), x[spread_ref[has_ref]].float(), dim=-1)
+    order = torch.sort(score, dim=1, stable=True).indices  # least similar first, ties: lower position
+    rank = torch.arange(per_frame, device=device)
+    chosen = rank[None] < share[:, None]
+    kept = (t[:, None] * per_frame + order)[chosen & has_ref[:, None]]
+    if not bool(has_ref[0]) and share[0] > 0:
+        kept = torch.cat([kept, evenly_spaced(per_frame, int(share[0]), device)])
+    return kept.sort().values
+
+
+def ttm_keep(
+    x: torch.Tensor, budget: int, last_window_third_whole: bool = True, below_floor: str = "spread"
+) -> torch.Tensor:
     """Sorted indices of the ``budget`` tokens TTM keeps of ``x`` ``[T, P, D]`` (raster order ``t * P + p``)."""
     frames, per_frame = x.shape[:2]
     device = x.device
@@ -91,9 +147,16 @@ def ttm_keep(x: torch.Tensor, budget: int, last_window_third_whole: bool = True)
     anchors = (ref < 0).nonzero().squeeze(1)
     compared = (ref >= 0).nonzero().squeeze(1)
     floor = anchors.numel() * per_frame
-    if budget <= floor:  # the anchors alone fill the budget: thin them evenly, drop every compared frame
-        idx = uniform_indices(anchors.numel(), per_frame, budget, device)
-        return (anchors[idx // per_frame] * per_frame + idx % per_frame).sort().values
+    if budget < floor:
+        if below_floor == "error":
+            raise InputError(
+                f"dycoke keeps every window's first frame whole, so on this {frames}-frame video it keeps at least "
+                f"{floor} of {frames * per_frame} tokens (retain_ratio >= {floor / (frames * per_frame):.4f}); "
+                f"asked for {budget}. Raise retain_ratio, or use below_floor='spread'"
+            )
+        return spread_keep(x, budget, ref)
+    if budget == floor:  # the paper's k = 1: the anchors whole, nothing of the compared frames
+        return (anchors[:, None] * per_frame + torch.arange(per_frame, device=device)[None]).flatten()
     # budget > floor implies at least one compared frame
     sim = F.cosine_similarity(x[compared].float(), x[ref[compared]].float(), dim=-1)  # [C, P]
     sorted_sim, order = torch.sort(sim, dim=1, stable=True)  # least similar first, ties: lower position
@@ -115,4 +178,4 @@ class DyCokeTTMPolicy(OuterPolicy):
     def plan(self, video: VideoTokens, budget: int) -> Plan:
         g = video.grid
         frames = video.features.reshape(g.frames, g.per_frame, -1)
-        return Plan(ttm_keep(frames, budget, self.config.last_window_third_whole))
+        return Plan(ttm_keep(frames, budget, self.config.last_window_third_whole, self.config.below_floor))
