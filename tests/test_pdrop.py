@@ -158,3 +158,33 @@ def test_pyramid_run_drops_geometrically_and_keeps_the_top_tokens():
         counts.append(alive.numel())
     assert counts == [1024, 512, 256, 128]
     assert alive.tolist() == score.topk(128).indices.sort().values.tolist()
+
+
+def test_pin_three_drops_rerank_the_survivors_hand_derived():
+    """The paper's LLaVA-1.5 setting by hand on N = 8 visual tokens: 32 layers, drops before layers 8, 16 and 24,
+    lambda = 0.5 (r = 0.125). Each drop ranks only the tokens that survived the previous one, by the attention the
+    last instruction token pays them at *that* depth, and keeps the top lambda of them in their original order.
+    Counts: the reference's int(8 * 0.5 ** s) = 4, 2, 1; tokpress's round(0.5 * n) of the tokens entering: the same.
+
+    layer 8,  tokens 0..7: .10 .30 .05 .20 .15 .02 .08 .10 -> top 4: 1 (.30), 3 (.20), 4 (.15), then the .10 tie
+              between 0 and 7 goes to the lower index 0 -> survivors 0 1 3 4
+    layer 16, tokens 0 1 3 4: .40 .10 .35 .15 -> top 2: 0, 3 (token 1, first at layer 8, now drops)
+    layer 24, tokens 0 3: .45 .55 -> top 1: 3
+    """
+    stages = schedule(32, 0.125)
+    assert [k for k, _ in stages] == [8, 16, 24]
+    policy = PyramidDropPolicy(PyramidDropConfig())
+    steps = [
+        # (ordinals entering, their attention at this depth, budget, expected keep as positions among them)
+        ([0, 1, 2, 3, 4, 5, 6, 7], [0.10, 0.30, 0.05, 0.20, 0.15, 0.02, 0.08, 0.10], 4, [0, 1, 3, 4]),
+        ([0, 1, 3, 4], [0.40, 0.10, 0.35, 0.15], 2, [0, 2]),
+        ([0, 3], [0.45, 0.55], 1, [1]),
+    ]
+    alive = torch.arange(8)
+    for (layer, lam), (entering, attention, count, keep) in zip(stages, steps):
+        assert alive.tolist() == entering
+        assert budget(lam, alive.numel()) == count
+        plan = policy.plan(InnerTokens(torch.zeros(len(entering), 4), alive, torch.tensor(attention), layer), count)
+        assert plan.keep.tolist() == keep and plan.features is None
+        alive = alive[plan.keep]
+    assert alive.tolist() == [3]

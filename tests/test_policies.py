@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tokpress import config
 from tokpress.errors import InputError
 from tokpress.policies.base import Grid, InnerTokens, Plan, VideoSlot, VideoTokens
 from tokpress.policies.fixed import FixedInnerPolicy, FixedOuterPolicy
@@ -125,6 +126,41 @@ def test_evs_first_frame_wins_over_a_static_first_frame_with_motion_later():
     assert keep.tolist() == list(range(grid.per_frame)) + list(range(2 * grid.per_frame, grid.numel))
 
 
+def test_evs_pin_hand_derived_scores_and_global_ranking():
+    """vLLM ``compute_retention_mask`` on a 3-frame x 4-token video of 2-D integer features, derived by hand.
+
+    Score of token ``(t, p)``: ``1 - cos(x[t, p], x[t - 1, p])``; frame 0 scores 255 in vLLM (+inf here), i.e. it
+    outranks everything. One stable descending argsort over all frames; the top ``retain`` are kept.
+
+    frame 0 (0..3):  a      a      a       b           a = (1, 0), b = (0, 1)
+    frame 1 (4..7):  (2,0)  (3,4)  (-1,0)  (1,0)       vs frame 0: cos 1, 3/5, -1, 0 -> scores 0, 0.4, 2, 1
+    frame 2 (8..11): (0,1)  (3,4)  (-3,4)  (3,-4)      vs frame 1: cos 0, 1, 3/5, 3/5 -> scores 1, 0, 0.4, 0.4
+
+    Descending stable order: 0 1 2 3 (inf) | 6 (2) | 7 8 (1, tie -> lower index first) | 5 10 11 (0.4) | 4 9 (0).
+    """
+    grid = Grid(3, 1, 4)
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    x = torch.tensor(
+        [a, a, a, b]
+        + [[2.0, 0.0], [3.0, 4.0], [-1.0, 0.0], [1.0, 0.0]]
+        + [[0.0, 1.0], [3.0, 4.0], [-3.0, 4.0], [3.0, -4.0]]
+    )
+    video = VideoTokens(x, grid)
+    expected = {
+        4: [0, 1, 2, 3],  # the first frame alone (vLLM's floor: never fewer than one frame)
+        5: [0, 1, 2, 3, 6],  # + the flipped token (score 2)
+        6: [0, 1, 2, 3, 6, 7],  # the score-1 tie between 7 (frame 1) and 8 (frame 2) goes to the lower index
+        7: [0, 1, 2, 3, 6, 7, 8],
+        10: [0, 1, 2, 3, 5, 6, 7, 8, 10, 11],  # + the three 0.4's; the two unchanged tokens 4, 9 go last
+        12: list(range(12)),
+    }
+    for budget, keep in expected.items():
+        # vLLM: q = 1 - budget / N retains max(P, int(N (1 - q))) = budget tokens for these budgets
+        assert make(EVSPolicy).plan(video, budget).keep.tolist() == keep, budget
+    # counts adapt to the content: at budget 7 frame 1 (two big changes) keeps 2 tokens, frame 2 keeps 1
+    assert per_frame_counts(make(EVSPolicy).plan(video, 7).keep, grid) == [4, 2, 1]
+
+
 @pytest.mark.parametrize("budget", [1, 5, 17, 40, 63, 64])
 def test_evs_exact_budget(budget):
     grid = Grid(4, 4, 4)
@@ -174,6 +210,24 @@ def test_uniform_spreads_tokens_over_rows(per_frame_budget):
             assert min(rows) >= 1
         gaps = (in_frame[1:] - in_frame[:-1]).tolist()
         assert max(gaps) - min(gaps) <= 1, gaps
+
+
+def test_uniform_pin_hand_derived():
+    """The documented rule by hand on P = 8 tokens per frame (2 rows x 4).
+
+    Frame t gets ``floor((t + 1) b / T) - floor(t b / T)`` tokens (floor or ceil of b / T, extras spread);
+    ``c`` tokens of a frame sit at the centres of ``c`` equal bins of the 8 raster positions, rounded down:
+    ``floor((2 i + 1) * 8 / (2 c))`` -> c = 1: 4; c = 2: 2, 6; c = 3: floor(1.33), 4, floor(6.67) = 1, 4, 6.
+    """
+    two = Grid(2, 2, 4)
+    plan = make(UniformPolicy).plan(random_video(two), 6)  # 3 + 3
+    assert plan.keep.tolist() == [1, 4, 6, 9, 12, 14]
+    assert plan.features is None and plan.sizes is None
+    # b = 5, T = 2: bounds floor(0), floor(2.5), floor(5) = 0, 2, 5 -> 2 + 3 tokens
+    assert make(UniformPolicy).plan(random_video(two), 5).keep.tolist() == [2, 6, 9, 12, 14]
+    # b = 4, T = 3: bounds 0, floor(1.33), floor(2.67), 4 = 0, 1, 2, 4 -> 1 + 1 + 2 tokens
+    three = Grid(3, 2, 4)
+    assert make(UniformPolicy).plan(random_video(three), 4).keep.tolist() == [4, 12, 16 + 2, 16 + 6]
 
 
 def test_uniform_full_budget_keeps_all():
@@ -231,6 +285,23 @@ def test_frames_remainder_keeps_exact_budget(budget):
         assert set((last // grid.width).tolist()) == set(range(grid.height))
 
 
+def test_frames_pin_hand_derived():
+    """The documented rule by hand on 6 frames of P = 4 tokens: ``ceil(b / P)`` frames at the centres of equal bins
+    of the 6 frames, ``floor((2 i + 1) * 6 / (2 m))``; the last chosen frame holds the remainder, spread the same way
+    over its 4 positions."""
+    grid = Grid(6, 1, 4)
+    cases = {
+        # m = 2 frames: floor(1.5), floor(4.5) = frames 1, 4, both whole
+        8: [4, 5, 6, 7, 16, 17, 18, 19],
+        # m = 3 frames: 1, 3, 5; frames 1 and 3 whole, frame 5 keeps 10 - 8 = 2 of 4: floor(1), floor(3) = 1, 3
+        10: [4, 5, 6, 7, 12, 13, 14, 15, 21, 23],
+        # m = 1 frame: floor(3) = frame 3, keeping 3 of 4: floor(0.67), floor(2), floor(3.33) = 0, 2, 3
+        3: [12, 14, 15],
+    }
+    for budget, keep in cases.items():
+        assert make(FramesPolicy).plan(random_video(grid), budget).keep.tolist() == keep, budget
+
+
 # ---- random -----------------------------------------------------------------------------------------------------
 def test_random_same_seed_same_result_different_seed_different():
     grid = Grid(4, 5, 5)
@@ -273,6 +344,21 @@ def test_random_is_uniform_over_positions():
     assert 60 < hits.min() and hits.max() < 140, hits.tolist()
 
 
+def test_random_draws_every_subset_equally_often():
+    """The docstring promises a uniformly random subset, not only uniform marginals (which e.g. a random rotation
+    of evenly spaced tokens also has): with N = 4 and budget 2 each of the C(4, 2) = 6 pairs has probability 1/6."""
+    grid = Grid(1, 1, 4)
+    video = random_video(grid)
+    seeds = 600
+    counts: dict[tuple[int, ...], int] = {}
+    for seed in range(seeds):
+        pair = tuple(make(RandomPolicy, seed=seed).plan(video, 2).keep.tolist())
+        counts[pair] = counts.get(pair, 0) + 1
+    assert sorted(counts) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    # expected 100 each, binomial std sqrt(600 * 1/6 * 5/6) ~ 9.1: a 4.4-sigma band
+    assert all(60 <= c <= 140 for c in counts.values()), counts
+
+
 # ---- fastv ------------------------------------------------------------------------------------------------------
 def inner_tokens(n=12, dim=8, attention=None, ordinals=None, sample=0, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -304,6 +390,29 @@ def test_fastv_ignores_hidden_states():
     a = policy.plan(inner_tokens(6, attention=attention, seed=0), 3).keep
     b = policy.plan(inner_tokens(6, attention=attention, seed=1), 3).keep
     assert a.tolist() == b.tolist() == [1, 3, 5]
+
+
+def test_fastv_pin_paper_defaults_hand_derived():
+    """FastV (paper: K = 2, R = 50%): at layer K keep the (1 - R) N visual tokens the last query attends to most at
+    layer K - 1 (mean over heads), in their original order.
+
+    Two heads' last-query attention over N = 8 visual tokens and their mean, by hand:
+        head 0: .02 .20 .05 .10 .01 .30 .02 .05     top-4 alone: 5 1 3 (2|7)
+        head 1: .10 .04 .25 .12 .03 .06 .18 .05     top-4 alone: 2 6 3 0
+        mean:   .06 .12 .15 .11 .02 .18 .10 .05     top-4: 5 (.18), 2 (.15), 1 (.12), 3 (.11)
+    retain_ratio = 1 - R = 0.5 -> budget round(0.5 * 8) = 4 -> keep [1, 2, 3, 5] (ordinals 8, 9, 10, 12).
+    """
+    assert FastVPolicy.default_layer(28) == 2 and FastVPolicy.needs_attention
+    assert FastVPolicy.attention_queries == "last"
+    mean = torch.tensor([0.06, 0.12, 0.15, 0.11, 0.02, 0.18, 0.10, 0.05])
+    ordinals = torch.arange(8) + 7  # an earlier stage may have shifted them: plans index the tokens given
+    tokens = inner_tokens(8, attention=mean, ordinals=ordinals)
+    plan = FastVPolicy(FastVPolicy.config_cls()).plan(tokens, config.budget(0.5, 8))
+    assert plan.keep.tolist() == [1, 2, 3, 5]
+    assert plan.features is None and plan.sizes is None  # pruning only: survivors keep their hidden states
+    # a budget cut inside a tie (.11 at 3 and .11 at 6 below) keeps the lower index
+    tied = torch.tensor([0.06, 0.12, 0.15, 0.11, 0.02, 0.18, 0.11, 0.05])
+    assert FastVPolicy(FastVPolicy.config_cls()).plan(inner_tokens(8, attention=tied), 4).keep.tolist() == [1, 2, 3, 5]
 
 
 # ---- fixed ------------------------------------------------------------------------------------------------------
@@ -364,6 +473,48 @@ def test_fixed_inner_rejects_bad_keep():
         make(FixedInnerPolicy, keep=[[0, 40]]).plan(inner_tokens(6, ordinals=ordinals), 2)
     with pytest.raises(InputError):  # no entry for sample 1
         make(FixedInnerPolicy, keep=[[0, 2]]).plan(inner_tokens(6, ordinals=ordinals, sample=1), 2)
+
+
+def test_fixed_pin_replays_recorded_features_and_stages():
+    """Replay of a recorded merging plan: row i of the given features replaces kept token i (keep sorted, as recorded
+    plans are); inner multi-stage: the stage is picked by the layer, and its ordinals map to positions among the
+    tokens that entered that layer."""
+    grid = Grid(1, 1, 4)
+    merged = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    policy = make(FixedOuterPolicy, keep=[[[1, 3]]], features=[[merged]])
+    plan = policy.plan(VideoTokens(torch.zeros(4, 2), grid), 2)
+    assert plan.keep.tolist() == [1, 3] and torch.equal(plan.features, merged)
+
+    stage2 = torch.tensor([[5.0, 6.0], [7.0, 8.0]])
+    inner = make(
+        FixedInnerPolicy,
+        keep=[[[0, 2, 5, 7]], [[7, 2]]],
+        features=[[None], [stage2]],
+        layers=(2, 5),
+        ratios=(0.5, 0.5),
+    )
+    assert FixedInnerPolicy.schedule(inner.config, 28, 2, 0.25) == [(2, 0.5), (5, 0.5)]
+    first = inner.plan(InnerTokens(torch.zeros(8, 2), torch.arange(8), None, layer=2), 4)
+    assert first.keep.tolist() == [0, 2, 5, 7] and first.features is None
+    # layer 5 sees the survivors, ordinals 0 2 5 7: ordinals 2 and 7 sit at positions 1 and 3; the features were
+    # given in keep's order (7 then 2), so position 1 (ordinal 2) gets row 1 and position 3 (ordinal 7) row 0
+    second = inner.plan(InnerTokens(torch.zeros(4, 2), torch.tensor([0, 2, 5, 7]), None, layer=5), 2)
+    assert second.keep.tolist() == [1, 3] and torch.equal(second.features, stage2[[1, 0]])
+
+
+def test_fixed_features_follow_their_indices_when_keep_is_unsorted():
+    """Row i of ``features`` belongs to ``keep[i]``: keep [5, 0, 11] with rows f5, f0, f11 keeps 0, 5, 11 with rows
+    f0, f5, f11."""
+    grid = Grid(1, 3, 4)
+    rows = torch.tensor([[5.0], [0.0], [11.0]])
+    plan = make(FixedOuterPolicy, keep=[[[5, 0, 11]]], features=[[rows]]).plan(
+        VideoTokens(torch.zeros(12, 1), grid), 3
+    )
+    assert plan.keep.tolist() == [0, 5, 11] and plan.features.flatten().tolist() == [0.0, 5.0, 11.0]
+    with pytest.raises(InputError, match="rows"):
+        make(FixedOuterPolicy, keep=[[[5, 0, 11]]], features=[[rows[:2]]]).plan(
+            VideoTokens(torch.zeros(12, 1), grid), 3
+        )
 
 
 # ---- every registered policy ------------------------------------------------------------------------------------

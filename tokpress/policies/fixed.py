@@ -42,8 +42,10 @@ class FixedConfig(PolicyConfig):
         )
 
 
-def _as_index(value, n: int, budget: int, where: str, device) -> torch.Tensor:
-    idx = torch.as_tensor(value, dtype=torch.long).flatten().sort().values
+def _as_index(value, n: int, budget: int, where: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted indices of ``value``, checked against ``n`` and ``budget``, and the permutation that sorted them
+    (to put features given in ``value``'s order in the same order)."""
+    idx, order = torch.as_tensor(value, dtype=torch.long).flatten().sort()
     if idx.numel() != budget:
         raise InputError(
             f"fixed keep for {where} has {idx.numel()} indices but the ratio promises {budget}; "
@@ -51,7 +53,16 @@ def _as_index(value, n: int, budget: int, where: str, device) -> torch.Tensor:
         )
     if idx.numel() and (idx[0] < 0 or idx[-1] >= n or (idx[1:] == idx[:-1]).any()):
         raise InputError(f"fixed keep for {where} must hold distinct indices in [0, {n})")
-    return idx.to(device)
+    return idx.to(device), order.to(device)
+
+
+def _reorder(features, order: torch.Tensor, budget: int, where: str):
+    """``features`` (``[k, D]`` rows in the order the indices were given, or ``None``) in sorted-index order."""
+    if features is None:
+        return None
+    if features.shape[0] != budget:
+        raise InputError(f"fixed features for {where} have {features.shape[0]} rows for {budget} kept tokens")
+    return features[order.to(features.device)]
 
 
 @register_policy("fixed", stage="outer")
@@ -65,7 +76,8 @@ class FixedOuterPolicy(OuterPolicy):
         except (IndexError, KeyError):
             raise InputError(f"fixed keep has no entry for {where}") from None
         features = self.config.features[video.sample][video.video] if self.config.features else None
-        return Plan(_as_index(value, video.grid.numel, budget, where, video.features.device), features)
+        keep, order = _as_index(value, video.grid.numel, budget, where, video.features.device)
+        return Plan(keep, _reorder(features, order, budget, where))
 
 
 @register_policy("fixed", stage="inner")
@@ -90,4 +102,7 @@ class FixedInnerPolicy(InnerPolicy):
         if hit.numel() != wanted.numel():
             raise InputError(f"fixed keep for {where} names ordinals that are not among the tokens entering the layer")
         replace = features[tokens.sample] if features else None
-        return Plan(_as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device), replace)
+        keep, _ = _as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device)
+        # features follow `wanted`'s order: row of each kept token = where its ordinal sits in `wanted`
+        ranked, perm = wanted.sort()
+        return Plan(keep, _reorder(replace, perm[torch.searchsorted(ranked, tokens.ordinals[keep])], budget, where))
