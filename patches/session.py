@@ -40,12 +40,18 @@ class Segment:
         return self.mask.shape[1]
 
 
+#: attribute under which a KV cache carries its :class:`Session`, so that ``copy.deepcopy(cache)`` (transformers'
+#: recipe for reusing a prompt's cache) copies the session with it
+SESSION_ATTR = "_tokpress_session"
+
+
 @dataclass
 class Session:
-    """One KV cache that tokpress has written to."""
+    """One KV cache that tokpress has written to (stored on the cache as :data:`SESSION_ATTR`)."""
 
     cache: weakref.ref
     segments: list[Segment | None]
+    owner: weakref.ref | None = None  # the engine that filled the cache (a copy keeps pointing at it)
     logical_len: int = 0  # tokens consumed, counted as the caller counts them (uncompressed)
     next_rope: torch.Tensor | None = None  # [R, B] rotary position of the next token
     next_index: torch.Tensor | None = None  # [B] the caller's sequence index of the next token, where known

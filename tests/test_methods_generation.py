@@ -102,3 +102,50 @@ def test_beam_search(get_model, family, method):
     for b in range(2):
         alone = model.generate(**sample_inputs(inputs, family, b), **beams)
         assert torch.equal(alone[0, -GEN["max_new_tokens"] :], out[b, width:])
+
+
+# query-agnostic methods: the plan depends on the video prefix only, so a cache holding the compressed video can
+# serve any question (transformers' prompt-reuse recipe: copy.deepcopy the prefix cache for every question)
+PREFIX_REUSE = ("uniform", "evs", "vidcom2", "holitom")
+
+
+def _split_after_video(inputs: dict, family: str) -> int:
+    ids = inputs["input_ids"][0]
+    last = int((ids == tiny.VIDEO_ID).nonzero().max())
+    return last + (2 if family != "llava_onevision" else 1)  # Qwen: past <|vision_end|>
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", PREFIX_REUSE)
+def test_a_compressed_prefix_cache_serves_every_question(get_model, family, method):
+    """Prefill [text, video] once; ask each question on a deep copy of that cache. For a query-agnostic method the
+    question's logits equal compressing [text, video, question] in one pass. The continuation gets the one-pass
+    M-RoPE positions (transformers 5.25's own ``generate()`` continues a Qwen prefix cache one or two positions off
+    the one-pass layout, with or without tokpress); ``generate()`` on the copies must run too. HoliTom's inner stage
+    reads the last query's attention, so its plan comes from the prefix: it is checked only for running."""
+    import copy
+
+    from tokpress.eval.scoring import _continuation_positions
+
+    model = get_model(family)
+    inputs = tiny.make_inputs(family, prompts=[(5, 7)])
+    split = _split_after_video(inputs, family)
+    cut = ("input_ids", "attention_mask", "mm_token_type_ids")
+    prefix = {k: (v[:, :split] if k in cut else v) for k, v in inputs.items()}
+    _apply(model, method)
+    cache = model(**prefix, use_cache=True).past_key_values
+    for seed in (1, 2):
+        question = torch.randint(3, 200, (1, 6), generator=torch.Generator().manual_seed(seed))
+        whole = _conversation(prefix, torch.cat([prefix["input_ids"], question], 1))
+        follow = {k: v for k, v in whole.items() if not k.startswith("pixel_values")}
+        generated = model.generate(**follow, past_key_values=copy.deepcopy(cache), **GEN)
+        assert generated.shape[1] == whole["input_ids"].shape[1] + GEN["max_new_tokens"]
+        step = dict(input_ids=question, attention_mask=whole["attention_mask"])
+        positions = _continuation_positions(model, prefix, question, whole["attention_mask"])
+        if positions is not None:
+            step["position_ids"] = positions
+        reused = model(**step, past_key_values=copy.deepcopy(cache)).logits
+        assert torch.isfinite(reused).all()
+        if method != "holitom":
+            one_pass = model(**whole).logits[:, -question.shape[1] :]  # the output is as short as the kept sequence
+            torch.testing.assert_close(reused, one_pass, rtol=0, atol=1e-5)
