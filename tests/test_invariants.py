@@ -16,6 +16,7 @@ import tokpress
 from conftest import batch_inputs, sample_inputs
 from tokpress.config import budget
 from tokpress.eval import tiny
+from tokpress.registry import get_preset
 
 FAMILIES = tiny.FAMILIES
 ATTENTION = ("sdpa", "eager")
@@ -27,6 +28,7 @@ METHODS = {
     "divprune": dict(outer="divprune"),
     "visionzip": dict(outer="visionzip"),
     "fastvid": dict(outer="fastvid"),
+    "vidcom2": dict(outer="vidcom2"),
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
     "framefusion": dict(inner="framefusion"),
@@ -34,6 +36,7 @@ METHODS = {
     "holitom": dict(method="holitom"),
     "dycoke": dict(method="dycoke"),
     "prunevid": dict(method="prunevid"),
+    "flashvid": dict(method="flashvid"),
 }
 # decode-time visibility (DyCoke) and earlier-KV cuts (PruneVid) change what tokens after the prompt see, by
 # design: a no-cache recompute cannot match them. Their outer stage is still checked; the rest is pinned against
@@ -49,7 +52,7 @@ GEN = dict(max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=[tiny.IMA
 
 def _apply(model, method: str, ratio: float = RATIO):
     kwargs = dict(METHODS[method])
-    if ratio == 1.0 and ("inner" in kwargs or method in ("holitom", "dycoke", "prunevid")):
+    if ratio == 1.0 and ("inner" in kwargs or get_preset(kwargs.get("method", method)).inner is not None):
         kwargs["inner_ratio"] = 1.0
     tokpress.apply(model, retain_ratio=ratio, **kwargs)
     model.tokpress.record_plans = True

@@ -37,3 +37,14 @@ register_preset(
         "(alpha = 0.4) that also cuts the KV cache of the earlier layers",
     )
 )
+register_preset(
+    Preset(
+        "flashvid",
+        outer="flashvid",
+        inner="flashvid",
+        inner_ratio=0.3,
+        description="FlashVID (ICLR 2026): DySeg + attention/diversity selection + tree-based spatio-temporal "
+        "merging outside; at layer 20 of 28 keep the 30 % of visual tokens the last query attends to most. "
+        "retain_ratio enters the LLM: the paper's layer-averaged r is retain_ratio / 1.25",
+    )
+)

@@ -4,6 +4,7 @@ from tokpress import presets  # noqa: F401, E402  (registers after the policies 
 from tokpress.policies import fixed  # noqa: F401
 from tokpress.policies.inner import dycoke as _dycoke_kv  # noqa: F401
 from tokpress.policies.inner import fastv, framefusion, pdrop  # noqa: F401
+from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
 from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
 from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
 from tokpress.policies.outer import (  # noqa: F401
@@ -11,10 +12,12 @@ from tokpress.policies.outer import (  # noqa: F401
     dycoke,
     evs,
     fastvid,
+    flashvid,
     frames,
     holitom,
     prunevid,
     random,
     uniform,
+    vidcom2,
     visionzip,
 )
