@@ -32,6 +32,7 @@ METHODS = {
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
     "framefusion": dict(inner="framefusion"),
+    "sttm": dict(inner="sttm"),
     "uniform+fastv": dict(outer="uniform", inner="fastv", inner_layer=1, inner_ratio=0.5),
     "holitom": dict(method="holitom"),
     "dycoke": dict(method="dycoke"),

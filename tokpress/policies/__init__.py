@@ -3,7 +3,12 @@
 from tokpress import presets  # noqa: F401, E402  (registers after the policies it names)
 from tokpress.policies import fixed  # noqa: F401
 from tokpress.policies.inner import dycoke as _dycoke_kv  # noqa: F401
-from tokpress.policies.inner import fastv, framefusion, pdrop  # noqa: F401
+from tokpress.policies.inner import (  # noqa: F401
+    fastv,
+    framefusion,
+    pdrop,
+    sttm,  # noqa: F401
+)
 from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
 from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
 from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
