@@ -29,6 +29,7 @@ METHODS = {
     "visionzip": dict(outer="visionzip"),
     "fastvid": dict(outer="fastvid"),
     "vidcom2": dict(outer="vidcom2"),
+    "scissor": dict(outer="scissor"),
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
     "framefusion": dict(inner="framefusion"),

@@ -106,7 +106,7 @@ def test_beam_search(get_model, family, method):
 
 # query-agnostic methods: the plan depends on the video prefix only, so a cache holding the compressed video can
 # serve any question (transformers' prompt-reuse recipe: copy.deepcopy the prefix cache for every question)
-PREFIX_REUSE = ("uniform", "evs", "vidcom2", "sttm", "holitom")
+PREFIX_REUSE = ("uniform", "evs", "vidcom2", "scissor", "sttm", "holitom")
 
 
 def _split_after_video(inputs: dict, family: str) -> int:

@@ -7,7 +7,7 @@ from tokpress.policies.inner import (  # noqa: F401
     fastv,
     framefusion,
     pdrop,
-    sttm,  # noqa: F401
+    sttm,
 )
 from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
 from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
@@ -22,6 +22,7 @@ from tokpress.policies.outer import (  # noqa: F401
     holitom,
     prunevid,
     random,
+    scissor,
     uniform,
     vidcom2,
     visionzip,
