@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.errors import ConfigError, InputError
+from tokpress.ops import connected_components
 from tokpress.policies.base import Grid, Plan, VideoTokens
 from tokpress.policies.outer.scissor import (
     ScissorConfig,
     ScissorPolicy,
     edge_order,
-    forest_components,
     scissor,
     spanning_forest,
 )
@@ -265,7 +265,7 @@ def test_spanning_forest_matches_kruskal(bsz, n, ties):
 def test_forest_components_label_is_the_smallest_member():
     a = torch.tensor([5, 3, 9, 1, 7])
     b = torch.tensor([3, 8, 2, 0, 4])
-    labels = forest_components(10, a, b)
+    labels = connected_components(10, a, b)
     assert labels.tolist() == [0, 0, 2, 3, 4, 3, 6, 4, 3, 2]
 
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.errors import ConfigError, InputError
+from tokpress.ops import connected_components
 from tokpress.policies.base import Grid, InnerTokens, VideoSlot
 from tokpress.policies.inner.sttm import (
     STTMConfig,
     STTMPolicy,
     _halve,
-    components,
     level_sizes,
     root_index,
     spanning_forest,
@@ -100,7 +100,7 @@ def test_pyramid_geometry_follows_the_reference_pooling():
 def test_graph_helpers():
     # components: smallest vertex of each component
     a, b = torch.tensor([1, 4, 3]), torch.tensor([2, 2, 0])
-    assert components(6, a, b).tolist() == [0, 1, 1, 0, 1, 5]
+    assert connected_components(6, a, b).tolist() == [0, 1, 1, 0, 1, 5]
     # spanning forest of edges given best first: the cycle's worst edge (index 2) is left out
     a, b = torch.tensor([0, 1, 0, 2]), torch.tensor([1, 2, 2, 3])
     assert spanning_forest(4, a, b).tolist() == [True, True, False, True]

@@ -1,12 +1,14 @@
 """Tensor operations shared by policies: selection, similarity."""
 
 from tokpress.ops.cluster import dpc_knn, knn_density
+from tokpress.ops.graph import connected_components
 from tokpress.ops.merge import group_mean, group_size
 from tokpress.ops.select import apportion, evenly_spaced, topk_sorted
 from tokpress.ops.similarity import cosine_adjacent, cosine_matrix
 
 __all__ = [
     "apportion",
+    "connected_components",
     "cosine_adjacent",
     "cosine_matrix",
     "dpc_knn",

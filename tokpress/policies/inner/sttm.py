@@ -108,7 +108,7 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.errors import InputError
-from tokpress.ops import apportion, group_mean, group_size
+from tokpress.ops import apportion, connected_components, group_mean, group_size
 from tokpress.policies.base import Grid, InnerPolicy, InnerTokens, Plan, PolicyConfig, VideoSlot
 from tokpress.registry import register_policy
 
@@ -206,27 +206,6 @@ def _sums(rows: torch.Tensor, groups: torch.Tensor, num: int) -> torch.Tensor:
 
 
 # ---- graph helpers -----------------------------------------------------------------------------------------------
-
-
-def components(num: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``[num]`` the smallest vertex of each vertex's connected component under the edges ``a[i] - b[i]``.
-
-    Hook-and-compress: every round hooks each edge's larger root under its smaller one, then jumps pointers to the
-    roots; the loop runs over rounds, not vertices.
-    """
-    parent = torch.arange(num, device=a.device)
-    while True:
-        pa, pb = parent[a], parent[b]
-        lo, hi = torch.minimum(pa, pb), torch.maximum(pa, pb)
-        live = lo != hi
-        if not bool(live.any()):
-            return parent
-        parent.scatter_reduce_(0, hi[live], lo[live], reduce="amin")
-        while True:
-            nxt = parent[parent]
-            if torch.equal(nxt, parent):
-                break
-            parent = nxt
 
 
 def spanning_forest(num: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -409,7 +388,7 @@ class _Video:
         if k in self._probes:
             return self._probes[k]
         links = self.links
-        roots, cid = torch.unique(components(self.n, links.src[:k], links.dst[:k]), return_inverse=True)
+        roots, cid = torch.unique(connected_components(self.n, links.src[:k], links.dst[:k]), return_inverse=True)
         size = roots.numel()
         units = _unit(_sums(self.weighted, cid, size), self.config.head_dim)
         a, b, sim = _ranked_pairs(cid[self.earlier], cid[self.later], units)
@@ -476,7 +455,7 @@ class _Video:
                     k = hi
         p = self.probe(k)
         r = min(p.size - budget, p.sim.numel())
-        group = components(p.size, p.a[:r], p.b[:r])
+        group = connected_components(p.size, p.a[:r], p.b[:r])
         rep = p.roots[group[p.cid]]
         if p.size - r > budget:
             rep = merge_neighbours(self.weighted, rep, p.size - r - budget, self.config.head_dim)
@@ -500,7 +479,7 @@ def merge_neighbours(weighted: torch.Tensor, rep: torch.Tensor, extra: int, head
     a, b = torch.minimum(a, b), torch.maximum(a, b)
     a, b, _ = _ranked_pairs(a, b, _unit(_sums(weighted, cid, size), head_dim))
     forest = spanning_forest(size, a, b)
-    group = components(size, a[forest][:extra], b[forest][:extra])
+    group = connected_components(size, a[forest][:extra], b[forest][:extra])
     return roots[group[cid]]
 
 

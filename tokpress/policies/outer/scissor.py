@@ -79,7 +79,7 @@ from dataclasses import dataclass
 import torch
 
 from tokpress.errors import InputError
-from tokpress.ops import cosine_matrix, group_mean, group_size
+from tokpress.ops import connected_components, cosine_matrix, group_mean, group_size
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
 
@@ -138,32 +138,6 @@ def edge_order(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     order = torch.sort(hi, stable=True).indices
     order = order.index_select(0, torch.sort(lo.index_select(0, order), stable=True).indices)
     return order.index_select(0, torch.sort(w.index_select(0, order), descending=True, stable=True).indices)
-
-
-def forest_components(n: int, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Connected components of ``n`` nodes joined by the edges ``(a[e], b[e])``.
-
-    Vectorised min-label hooking with pointer jumping: every round each component's root adopts the smallest root
-    it shares an edge with, then every label jumps to its root; the number of rounds grows like ``log n``, not ``n``.
-
-    Returns:
-        ``[n]`` ``torch.long``: each node's label, the smallest node index of its component.
-    """
-    label = torch.arange(n, device=a.device)
-    if a.numel() == 0:
-        return label
-    while True:
-        la, lb = label.index_select(0, a), label.index_select(0, b)  # roots: after jumping every label is a root
-        low = torch.minimum(la, lb)
-        new = label.scatter_reduce(0, la, low, reduce="amin").scatter_reduce_(0, lb, low, reduce="amin")
-        while True:  # pointer jumping; labels only decrease, so this ends
-            jumped = new.index_select(0, new)
-            if torch.equal(jumped, new):
-                break
-            new = jumped
-        if torch.equal(new, label):
-            return label
-        label = new
 
 
 _LOW = 2**31 - 1  # the low 31 bits of an edge key hold the (inverted) node pair
@@ -246,7 +220,7 @@ def spanning_forest(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     best = sim.argmax(-1).flatten()  # round 1: each node alone is a component
     diag.copy_(saved)
     add(ids, graph * n + best)
-    local, kmax = _local_ids(forest_components(total, a, b), torch.ones(bsz, n, dtype=torch.bool, device=device))
+    local, kmax = _local_ids(connected_components(total, a, b), torch.ones(bsz, n, dtype=torch.bool, device=device))
 
     keys = torch.full((bsz * kmax, kmax), _NONE, device=device)
     rows = sim.reshape(total, n)
@@ -274,7 +248,7 @@ def spanning_forest(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
         pair = _LOW - (top.flatten().index_select(0, sel) & _LOW)
         lo = torch.div(pair, n, rounding_mode="floor")
         add(g * n + lo, g * n + pair - lo * n)
-        merged = forest_components(bsz * kmax, sel, g * kmax + other.flatten().index_select(0, sel))
+        merged = connected_components(bsz * kmax, sel, g * kmax + other.flatten().index_select(0, sel))
         real = torch.arange(kmax, device=device) <= local.max(1, keepdim=True).values  # [B, kmax]: not padding
         new, kmax2 = _local_ids(merged, real)
         local = new.gather(1, local)
@@ -322,7 +296,8 @@ def count_components(sim: torch.Tensor, threshold: float, max_edges: int = 1 << 
     """Number of connected components of the graph ``sim >= threshold`` (``sim`` ``[M, M]`` symmetric).
 
     The graph is usually sparse at the thresholds the search tries, so its edges are listed and joined by
-    :func:`forest_components`; a denser graph (over ``max_edges`` edges) is counted on its spanning forest instead.
+    :func:`~tokpress.ops.connected_components`; a denser graph (over ``max_edges`` edges) is counted on its spanning
+    forest instead.
     """
     m = sim.shape[0]
     adj = sim >= threshold
@@ -331,7 +306,7 @@ def count_components(sim: torch.Tensor, threshold: float, max_edges: int = 1 << 
         _, _, w = spanning_forest(sim[None])
         return m - int((w >= threshold).sum())
     a, b = adj.nonzero().unbind(1)
-    labels = forest_components(m, a, b)
+    labels = connected_components(m, a, b)
     return int((labels == torch.arange(m, device=sim.device)).sum())
 
 
@@ -363,7 +338,7 @@ def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorR
 
     def spatial(i: int, tau_degree: float, previous: _Spatial | None = None) -> _Spatial:
         link = (w1 > cuts[i]).nonzero().squeeze(1)
-        labels = forest_components(n, a1.index_select(0, link), b1.index_select(0, link))
+        labels = connected_components(n, a1.index_select(0, link), b1.index_select(0, link))
         groups, reps = group_by_representative(labels, (sim1 > tau_degree).sum(-1).flatten())
         if previous is not None and torch.equal(groups, previous.groups):
             return _Spatial(groups, reps, previous.sim)
@@ -424,7 +399,7 @@ def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorR
         tau1, tau2 = cuts[chosen], strongest_dropped
 
     kept = order[:drop]
-    labels2 = forest_components(m, a2.index_select(0, kept), b2.index_select(0, kept))
+    labels2 = connected_components(m, a2.index_select(0, kept), b2.index_select(0, kept))
     groups2, reps2 = group_by_representative(labels2, (st.sim > tau2).sum(-1))
     final = group_mean(group_mean(x, st.groups, m), groups2, budget)  # plain mean of the spatial means
     keep = st.reps.index_select(0, reps2)  # ascending: reps2 ascending, st.reps ascending
