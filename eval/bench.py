@@ -41,13 +41,17 @@ DEFAULT_METHODS = (
     "evs",
     "divprune",
     "visionzip",
+    "vidcom2",
+    "scissor",
     "fastvid",
+    "flashvid",
     "holitom",
     "dycoke",
     "prunevid",
     "fastv",
     "pdrop",
     "framefusion",
+    "sttm",
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
