@@ -265,9 +265,15 @@ def _rules(config: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _method_colors(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
-    methods = dict.fromkeys(str(r.get("method")) for r in rows if r.get("method") != "none")
-    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+def _method_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A distinct colour per method: matplotlib's default cycle up to 10 methods, ``tab20`` up to 20."""
+    methods = list(dict.fromkeys(str(r.get("method")) for r in rows if r.get("method") != "none"))
+    if len(methods) <= 10:
+        return {m: f"C{i}" for i, m in enumerate(methods)}
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"].colors
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -421,7 +427,8 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[
             title = "all tasks" if panels[k] == "all" else panels[k]
             _retention_panel(ax, rows, colors, f"{title} — {model}" if len(models) > 1 else title)
     legend(fig, axes[0, 0])
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    legend_rows = math.ceil((len(colors) + 2) / 6)  # the methods, the uncompressed line and chance, 6 a row
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * legend_rows, 1, 1))
     FigureCanvasAgg(fig)
     fig.savefig(paths["accuracy_vs_retention.png"], dpi=110)
 
