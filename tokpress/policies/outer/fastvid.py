@@ -381,8 +381,9 @@ class FastVIDPolicy(OuterPolicy):
                     offset = first_free[f] - first_free[start]  # the frame's first row in `pool`
                     local = x_pool[offset : offset + n_free[f]]  # the anchor frame's non-salient tokens
                     centers.append(dpc_knn(local, anchors_l[f], k=cfg.k)[0] + offset)
-                is_anchor = torch.zeros(pool.numel(), dtype=torch.bool, device=device)
-                is_anchor[torch.cat(centers)] = True
+                if form == "qwen":  # every anchor of the segment: the joining rows that are kept tokens themselves
+                    is_anchor = torch.zeros(pool.numel(), dtype=torch.bool, device=device)
+                    is_anchor[torch.cat(centers)] = True
                 for own in centers:
                     if form == "qwen":
                         other = is_anchor.clone()
