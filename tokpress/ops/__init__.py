@@ -1,6 +1,7 @@
 """Tensor operations shared by policies: selection, similarity."""
 
 from tokpress.ops.cluster import dpc_knn, knn_density
+from tokpress.ops.dual import primal
 from tokpress.ops.graph import connected_components
 from tokpress.ops.merge import group_mean, group_size
 from tokpress.ops.select import apportion, evenly_spaced, topk_sorted
@@ -16,5 +17,6 @@ __all__ = [
     "group_mean",
     "group_size",
     "knn_density",
+    "primal",
     "topk_sorted",
 ]

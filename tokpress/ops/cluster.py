@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from tokpress.ops.dual import primal
+
 
 def knn_density(dist: torch.Tensor, k: int) -> torch.Tensor:
     """``[N]`` density ``exp(-mean of the k smallest squared distances of each row)`` from ``dist [N, N]``.
@@ -44,7 +46,7 @@ def dpc_knn(x: torch.Tensor, num_centers: int, k: int = 7) -> tuple[torch.Tensor
     """
     n = x.shape[0]
     c = max(1, min(num_centers, n))
-    x = x.float()
+    x = primal(x).float()
     dist = torch.cdist(x, x) / math.sqrt(x.shape[-1])
     if n == 1:
         zero = torch.zeros(1, dtype=torch.long, device=x.device)

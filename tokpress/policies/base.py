@@ -105,11 +105,15 @@ class Plan:
         keep: ``[k]`` sorted indices into the tokens the policy was given.
         features: ``[k, D]`` replacement features / hidden states for the kept tokens (merging), or ``None``.
         sizes: ``[k]`` how many original tokens each kept token stands for, or ``None`` (all ones).
+        sides: per side input of the model that has one row per token (Qwen3-VL's deepstack layers), the ``[k, D']``
+            rows of the kept tokens. Policies leave it ``None``: for a merging plan the engine derives it from the
+            merge itself and records it here; ``fixed`` passes recorded rows back.
     """
 
     keep: torch.Tensor
     features: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
+    sides: list[torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ class FixedConfig(PolicyConfig):
     features: Any = ()
     """Optional replacement features, nested like ``keep`` (a ``[k, D]`` tensor or ``None`` per entry): replays a
     merging policy exactly (``model.tokpress.last.plans`` with ``model.tokpress.record_plans = True``)."""
+    sides: Any = ()
+    """Optional recorded side rows (``Plan.sides``: Qwen3-VL's deepstack rows of merged tokens), nested like
+    ``features`` (a list of ``[k, D']`` tensors or ``None`` per entry)."""
     layers: tuple[int, ...] = ()
     """Inner only: the decoder layer of each stage to replay (default: one stage at ``inner_layer``)."""
     ratios: tuple[float, ...] = ()
@@ -65,6 +68,11 @@ def _reorder(features, order: torch.Tensor, budget: int, where: str):
     return features[order.to(features.device)]
 
 
+def _reorder_all(tensors, order: torch.Tensor, budget: int, where: str):
+    """:func:`_reorder` applied to each of a list of tensors (``None`` stays ``None``)."""
+    return None if tensors is None else [_reorder(t, order, budget, where) for t in tensors]
+
+
 @register_policy("fixed", stage="outer")
 class FixedOuterPolicy(OuterPolicy):
     config_cls = FixedConfig
@@ -76,8 +84,9 @@ class FixedOuterPolicy(OuterPolicy):
         except (IndexError, KeyError):
             raise InputError(f"fixed keep has no entry for {where}") from None
         features = self.config.features[video.sample][video.video] if self.config.features else None
+        sides = self.config.sides[video.sample][video.video] if self.config.sides else None
         keep, order = _as_index(value, video.grid.numel, budget, where, video.features.device)
-        return Plan(keep, _reorder(features, order, budget, where))
+        return Plan(keep, _reorder(features, order, budget, where), sides=_reorder_all(sides, order, budget, where))
 
 
 @register_policy("fixed", stage="inner")
@@ -90,10 +99,11 @@ class FixedInnerPolicy(InnerPolicy):
 
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
         where = f"sample {tokens.sample}"
-        keep, features = self.config.keep, self.config.features
+        keep, features, sides = self.config.keep, self.config.features, self.config.sides
         if self.config.layers:
             stage = list(self.config.layers).index(tokens.layer)
             keep, features = keep[stage], features[stage] if features else ()
+            sides = sides[stage] if sides else ()
         try:
             wanted = torch.as_tensor(keep[tokens.sample], dtype=torch.long, device=tokens.ordinals.device)
         except (IndexError, KeyError):
@@ -105,4 +115,6 @@ class FixedInnerPolicy(InnerPolicy):
         keep, _ = _as_index(hit, tokens.ordinals.numel(), budget, where, tokens.ordinals.device)
         # features follow `wanted`'s order: row of each kept token = where its ordinal sits in `wanted`
         ranked, perm = wanted.sort()
-        return Plan(keep, _reorder(replace, perm[torch.searchsorted(ranked, tokens.ordinals[keep])], budget, where))
+        order = perm[torch.searchsorted(ranked, tokens.ordinals[keep])]
+        side = sides[tokens.sample] if sides else None
+        return Plan(keep, _reorder(replace, order, budget, where), sides=_reorder_all(side, order, budget, where))

@@ -79,7 +79,7 @@ from dataclasses import dataclass
 import torch
 
 from tokpress.errors import InputError
-from tokpress.ops import connected_components, cosine_matrix, group_mean, group_size
+from tokpress.ops import connected_components, cosine_matrix, group_mean, group_size, primal
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
 
@@ -323,7 +323,8 @@ def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorR
     # Every similarity derives from the tokens' dot products (Gram matrix): stage 1 uses its per-frame blocks, stage 2
     # sums it over the spatial components (the dot product of two components' sums), so a pair has one value
     # wherever it appears, and a config's temporal similarities cost O(N^2) whatever D is.
-    gram = x @ x.T  # [N, N]
+    xs = primal(x)  # similarities select; only the merges below follow a dual tangent (tokpress.ops.dual)
+    gram = xs @ xs.T  # [N, N]
     sim1 = cosine_from_dots(gram).view(t, p, t, p).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()
     a1, b1, w1 = spanning_forest(sim1)  # [T, P, P] per-frame maximum spanning trees
     weights, counts = torch.unique(w1, return_counts=True)  # ascending distinct weights u_1 < ... < u_m
