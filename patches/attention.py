@@ -17,7 +17,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[B, heads, L, d]`` by ``cos``/``sin`` ``[B, L, d]`` (the models' ``rotate_half`` form)."""
+    """Rotate ``x`` ``[B, heads, L, d]`` by ``cos``/``sin`` ``[B, L, r]`` (the models' ``rotate_half`` form).
+
+    With partial rotary embeddings (``r < d``, Qwen3.5) the first ``r`` channels rotate and the rest pass through.
+    """
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :r], cos, sin), x[..., r:]], -1)
     return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 

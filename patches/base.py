@@ -6,7 +6,7 @@ of the position ids. It holds no policy logic; :mod:`tokpress.patches.engine` do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -20,15 +20,28 @@ SUPPORTED_ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 @dataclass(frozen=True)
 class VideoSpan:
-    """One video's run of placeholder tokens in a sample: ``grid.numel`` grid tokens then ``extra`` protected ones."""
+    """One video's placeholder tokens in a sample: ``grid.numel`` grid tokens then ``extra`` protected ones.
+
+    A contiguous video (LLaVA, Qwen2-VL) is the run ``start .. start + length``. A video whose frames the processor
+    separates with text (Qwen3-VL's timestamps, InternVL's frame labels) gives ``positions``: the ``[length]``
+    sequence positions of its tokens, grid tokens in raster order ``(t, h, w)`` first, then the protected ones; the
+    text between them is never part of the video. ``start`` is then the first position.
+    """
 
     start: int
     grid: Grid
     extra: int = 0
+    positions: torch.Tensor | None = field(default=None, compare=False)  # compared through ``index()``
 
     @property
     def length(self) -> int:
         return self.grid.numel + self.extra
+
+    def index(self, device: torch.device | None = None) -> torch.Tensor:
+        """``[length]`` sequence positions of the video's tokens (grid tokens in raster order, then the extra)."""
+        if self.positions is not None:
+            return self.positions.to(device)
+        return torch.arange(self.start, self.start + self.length, device=device)
 
 
 def runs(mask: torch.Tensor) -> list[tuple[int, int]]:
@@ -47,6 +60,16 @@ class Adapter:
     family: ClassVar[str] = ""
     #: rows of the position ids that carry rotary positions (3 for M-RoPE, 1 for 1-D)
     rope_rows: ClassVar[int] = 1
+    #: ``find_videos`` takes ``counts``: the token count of each video of the batch, in order
+    #: (:meth:`video_token_counts`), for layouts whose videos cannot be told apart from the placeholders alone
+    wants_video_counts: ClassVar[bool] = False
+    #: ``find_videos`` takes ``ids``: the sample's ``[q]`` token ids, for layouts spelled out in text tokens
+    #: (InternVL's ``<img>`` / ``</img>`` blocks and ``FrameN:`` labels)
+    wants_ids: ClassVar[bool] = False
+    #: how the model receives video frames: ``"video"`` (``pixel_values_videos``, ``get_video_features``,
+    #: ``mm_encoder_outputs["video"]``) or ``"image"`` (InternVL: frames are image tiles in ``pixel_values``, encoded
+    #: by ``get_image_features`` with the images, so vision scores cover every placeholder of the batch)
+    frames_modality: ClassVar[str] = "video"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -74,6 +97,16 @@ class Adapter:
             )
 
     @property
+    def deepstack_layers(self) -> int:
+        """How many first decoder layers get deepstack features added to their output (Qwen3-VL; 0 elsewhere)."""
+        return 0
+
+    def video_token_counts(self, kwargs: dict) -> list[int] | None:
+        """Per video of the batch, in order, its number of LLM tokens, read from the base model's ``kwargs``
+        (``None`` when they do not say)."""
+        return None
+
+    @property
     def num_layers(self) -> int:
         return len(self.layers)
 
@@ -81,9 +114,24 @@ class Adapter:
     def video_token_id(self) -> int:
         return int(self.model.config.video_token_id)
 
+    def layer_types(self) -> list[str]:
+        """Per decoder layer its ``layer_types`` entry (``"full_attention"`` when the config has none)."""
+        return list(getattr(self.text_config, "layer_types", None) or ["full_attention"] * self.num_layers)
+
     def sliding_layers(self) -> list[int]:
-        types = getattr(self.text_config, "layer_types", None) or []
-        return [i for i, t in enumerate(types) if t != "full_attention"]
+        """Layers that attend within a window (inner stages cannot follow them)."""
+        return [i for i, t in enumerate(self.layer_types()) if t not in ("full_attention", "linear_attention")]
+
+    def linear_layers(self) -> list[int]:
+        """Layers with a recurrent state instead of a KV cache (Qwen3.5's Gated DeltaNet): no attention scores, no
+        tokens to cut from their cache; they run on whatever sequence reaches them."""
+        return [i for i, t in enumerate(self.layer_types()) if t == "linear_attention"]
+
+    def score_layer(self, layer: int) -> int | None:
+        """The layer whose attention scores an inner stage at ``layer`` reads: ``layer - 1`` (FastV's rule), or on
+        a hybrid model the last attention layer before ``layer``; ``None`` when there is none."""
+        linear = set(self.linear_layers())
+        return next((i for i in range(layer - 1, -1, -1) if i not in linear), None)
 
     # ---- positions --------------------------------------------------------------------------------------------
     def rope_view(self, position_ids: torch.Tensor) -> torch.Tensor:
@@ -113,6 +161,10 @@ class Adapter:
         Args:
             is_video: ``[q]`` bool, True at video placeholder positions of the chunk.
             rope: ``[R, q]`` rotary positions of the chunk, or ``None`` if the model derives them itself.
+
+        Adapters with :attr:`wants_video_counts` also take ``counts``: a deque of the token counts of the batch's
+        videos not yet claimed by earlier samples (``None`` when unknown); they pop the ones they use. Adapters
+        with :attr:`wants_ids` also take ``ids``: the sample's ``[q]`` token ids.
         """
         raise NotImplementedError
 

@@ -14,6 +14,7 @@ Per-prompt facts live in a :class:`~tokpress.patches.session.Chunk` (one forward
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import weakref
@@ -27,6 +28,7 @@ from tokpress.errors import InputError
 from tokpress.patches.attention import ProjectionCapture
 from tokpress.patches.base import Adapter
 from tokpress.patches.cache_arg import get_cache, set_cache
+from tokpress.patches.deepstack import EMBEDS_KWARG, MASK_KWARG, Deepstack
 from tokpress.patches.inner import InnerRunner
 from tokpress.patches.layout import Layout, gather_seq, pack, shrink
 from tokpress.patches.masks import chunk_mask, text_positions
@@ -78,10 +80,12 @@ class Engine:
             self._handles.append(a.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
         for s, policy in enumerate(self.inner):
             if policy.needs_attention:
-                attn = a.layers[self.stage_layers[s] - 1].self_attn
+                attn = a.layers[a.score_layer(self.stage_layers[s])].self_attn
                 cap = ProjectionCapture(attn, all_queries=policy.attention_queries == "question")
                 self._handles += cap.install()
                 self.captures[s] = cap
+        for i in range(min(a.deepstack_layers, a.num_layers)):
+            self._handles.append(a.layers[i].register_forward_hook(partial(self._add_deepstack, i)))
         if self.outer is not None and self.outer.needs_vision_attention:
             self.vision = VisionAttention(a, self.outer.vision_attention)
             self.vision.install()
@@ -103,6 +107,13 @@ class Engine:
             return None
         kwargs["position_ids"] = None
         return args, kwargs
+
+    def _add_deepstack(self, layer: int, module, args, output):
+        """Deepstack rows added to layer ``layer``'s output at the kept tokens (:mod:`tokpress.patches.deepstack`)."""
+        chunk = self.chunk
+        if chunk is None or chunk.deepstack is None or not chunk.deepstack.pending(layer):
+            return None
+        return chunk.deepstack.add_to(output, layer)
 
     def clock(self, device: torch.device) -> float:
         """``perf_counter()``, after a CUDA synchronisation when :attr:`sync_timing` is on."""
@@ -130,12 +141,20 @@ class Engine:
         ref = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         if ref is None:
             return None
-        if input_ids is None or not has_video_inputs(kwargs):  # decode steps: known without a device sync
+        if input_ids is None or not has_video_inputs(kwargs, self.adapter.frames_modality):  # decode: no sync
             is_video, has_video = torch.zeros(ref.shape[:2], dtype=torch.bool, device=ref.device), False
         else:
             is_video = input_ids == self.adapter.video_token_id
             has_video = bool(is_video.any())
         self.chunk = Chunk(is_video=is_video, has_video=has_video, continuing=continuing, session=session)
+        if has_video and self.adapter.wants_video_counts:
+            counts = self.adapter.video_token_counts(kwargs)
+            if counts is not None and sum(counts) != int(is_video.sum()):  # e.g. beams repeat samples: not per row
+                logger.debug("tokpress: per-video token counts do not cover the batch; reading videos from gaps")
+                counts = None
+            self.chunk.video_counts = counts
+        if has_video and self.adapter.wants_ids:
+            self.chunk.ids = input_ids
         return (), kwargs
 
     def _session_of(self, past) -> Session | None:
@@ -180,6 +199,8 @@ class Engine:
 
     def _after_base(self, module, args, output) -> None:
         self.chunk = None
+        if self.vision is not None:  # image-only forwards of families that encode frames as images
+            self.vision.collected.clear()
         for cap in self.captures.values():
             cap.clear()
 
@@ -217,6 +238,10 @@ class Engine:
         mask = chunk_mask(kwargs.get("attention_mask"), batch, q, chunk.continuing, emb.device)
         layout, spans = self._logical_layout(chunk, rope if given_pos else None, mask)
         has_video = chunk.has_video
+        deepstack = None
+        if has_video and kwargs.get(EMBEDS_KWARG) is not None and kwargs.get(MASK_KWARG) is not None:
+            deepstack = Deepstack.from_kwargs(kwargs[MASK_KWARG], kwargs[EMBEDS_KWARG])
+            kwargs[MASK_KWARG] = kwargs[EMBEDS_KWARG] = None  # added by _add_deepstack, to the kept tokens
         if has_video:
             chunk.stats = self.last = Stats(num_layers=self.adapter.num_layers, inner_layers=list(self.stage_layers))
             chunk.stats.video_tokens = layout.video_counts()
@@ -225,11 +250,12 @@ class Engine:
             if session is not None:
                 session.slots = chunk.slots
         if has_video and self.outer is not None:
-            attention = self.vision.take(spans) if self.vision is not None else None
+            attention = self.vision.take(spans, chunk.is_video) if self.vision is not None else None
             keep, replace, plans = outer_keep(
-                self.outer, self.config.outer.ratio, emb, spans, layout, attention, self.adapter.family
+                self.outer, self.config.outer.ratio, emb, spans, layout, attention, self.adapter.family, deepstack
             )
             index, filler = pack(keep)
+            deepstack = None if deepstack is None else deepstack.select(index, filler)
             emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)
             layout = layout.with_sizes(replace).select(index, filler)
@@ -251,7 +277,8 @@ class Engine:
             session.logical_len += q
             session.next_rope = rope[:, :, -1] + 1
             session.next_index = None if seq_index is None else seq_index[:, -1] + 1
-        chunk.layout = layout
+        chunk.layout = chunk.layouts[0] = layout
+        chunk.deepstack = deepstack
         if has_video:
             chunk.stats.after_outer = layout.video_counts()
             chunk.stats.seq_tokens[0] = layout.real_counts()
@@ -269,22 +296,28 @@ class Engine:
         ordinal = torch.full((batch, q), -1, dtype=torch.long, device=device)
         protected = torch.zeros(batch, q, dtype=torch.bool, device=device)
         spans, slots = [[] for _ in range(batch)], [() for _ in range(batch)]
+        extra = {}
+        if self.adapter.wants_video_counts:
+            counts = chunk.video_counts
+            extra["counts"] = None if counts is None else collections.deque(counts)
         for b in range(batch if chunk.has_video else 0):
+            if self.adapter.wants_ids:
+                extra["ids"] = chunk.ids[b]
             found = (
-                self.adapter.find_videos(is_video[b], None if rope is None else rope[:, b])
+                self.adapter.find_videos(is_video[b], None if rope is None else rope[:, b], **extra)
                 if is_video[b].any()
                 else []
             )
             offset, sample_slots = 0, []
             for span in found:
-                ordinal[b, span.start : span.start + span.length] = torch.arange(
-                    offset, offset + span.length, device=device
-                )
-                protected[b, span.start + span.grid.numel : span.start + span.length] = True
+                at = span.index(device)
+                ordinal[b, at] = torch.arange(offset, offset + span.length, device=device)
+                protected[b, at[span.grid.numel :]] = True
                 sample_slots.append(VideoSlot(offset, span.grid, span.extra))
                 offset += span.length
             spans[b], slots[b] = found, tuple(sample_slots)
         chunk.slots = slots
+        chunk.has_video = chunk.has_video and any(spans)  # placeholders of images only are no video chunk
         src = torch.arange(q, device=device).expand(batch, q)
         filler = torch.zeros(batch, q, dtype=torch.bool, device=device)
         size = torch.ones(batch, q, device=device)

@@ -9,16 +9,18 @@ construction. Decode-time stages (DyCoke) instead choose, at every decode step, 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 from transformers.cache_utils import DynamicLayer
-from transformers.masking_utils import create_causal_mask
+from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
 
 from tokpress.config import budget
 from tokpress.errors import InputError
 from tokpress.patches.attention import apply_rope, last_query_attention, question_attention
 from tokpress.patches.cache_arg import CACHE_KWARG, get_cache
+from tokpress.patches.deepstack import merged_side_features
 from tokpress.patches.layout import gather_seq, pack, shrink
 from tokpress.patches.plans import check_plan
 from tokpress.patches.session import Chunk, Segment
@@ -34,6 +36,7 @@ class InnerRunner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.decode_stages = [s for s, p in enumerate(engine.inner) if p.decode]
+        self.linear = set(engine.adapter.linear_layers())
 
     def stage_of(self, layer: int) -> int:
         """Index of the last stage at or before ``layer`` (-1 before the first)."""
@@ -59,7 +62,7 @@ class InnerRunner:
         if layer == self.engine.stage_layers[stage]:
             hidden = self._run_stage(stage, layer, hidden, chunk, kwargs)
         kwargs["position_embeddings"] = self.rope(chunk, kwargs)
-        kwargs["attention_mask"] = chunk.layer_mask
+        kwargs["attention_mask"] = chunk.linear_mask if layer in self.linear else chunk.layer_mask
         kwargs["position_ids"] = None
         if args:
             return (hidden, *args[1:]), kwargs
@@ -88,14 +91,16 @@ class InnerRunner:
         mask = segment.mask
         if policy.decode and chunk.continuing and chunk.stats is None:
             mask = self._decode_visibility(stage, layer, segment, chunk, kwargs, past)
-        chunk.layer_mask = create_causal_mask(
-            config=engine.adapter.text_config,
-            inputs_embeds=hidden,
-            attention_mask=mask,
-            **{CACHE_KWARG: past},
-            position_ids=None,
-            layer_idx=layer,
-        )
+        mask_args = dict(config=engine.adapter.text_config, inputs_embeds=hidden, attention_mask=mask)
+        # sized by the first attention layer from K on (a linear layer's cache has no length to size it by)
+        sized_by = next((i for i in range(layer, engine.adapter.num_layers) if i not in self.linear), None)
+        chunk.layer_mask = None
+        if sized_by is not None:
+            chunk.layer_mask = create_causal_mask(
+                **mask_args, **{CACHE_KWARG: past}, position_ids=None, layer_idx=sized_by
+            )
+        if self.linear:  # the 2-D padding mask of the chunk's tokens (None when there is none), as the model makes it
+            chunk.linear_mask = create_recurrent_attention_mask(**mask_args, **{CACHE_KWARG: past})
         return hidden
 
     # ---- prefill: drop or merge -------------------------------------------------------------------------------
@@ -104,8 +109,11 @@ class InnerRunner:
         policy, ratio = engine.inner[stage], engine.config.inner[stage].ratio
         scores = None
         if policy.needs_attention:
-            scores = self.scores(stage, chunk, kwargs, past)[:, -layout.mask.shape[1] :]
+            source = self.score_layout(stage, chunk)
+            scores = self.scores(stage, chunk, kwargs, past)[:, -source.mask.shape[1] :]
+            scores = self.to_layout(scores, source, layout)
         keep, replace, kept, plans = [], [], [], []
+        deepstack = chunk.deepstack if chunk.deepstack is not None and chunk.deepstack.pending(layer) else None
         for b in range(hidden.shape[0]):
             cand = layout.droppable[b].nonzero().squeeze(1)
             alive = ~layout.filler[b]
@@ -123,6 +131,11 @@ class InnerRunner:
                     sizes=layout.size[b, cand],
                 )
                 plan = check_plan(policy.plan(tokens, k), k, n, f"inner policy {policy.name!r} at layer {layer}")
+                if deepstack is not None and plan.features is not None:
+                    if plan.sides is None:
+                        replan = lambda h, t=tokens, k=k: policy.plan(dataclasses.replace(t, hidden=h), k)  # noqa: E731
+                        plan.sides = merged_side_features(replan, tokens.hidden, plan, deepstack.rows_of(b, cand))
+                    deepstack.write(b, cand[plan.keep], plan.sides)
                 alive[cand] = False
                 alive[cand[plan.keep]] = True
                 if plan.features is not None or plan.sizes is not None:
@@ -134,6 +147,8 @@ class InnerRunner:
         index, filler = pack(keep)
         hidden = shrink(hidden, index, filler, replace)
         chunk.layout = layout.with_sizes(replace).select(index, filler)
+        chunk.deepstack = None if deepstack is None else deepstack.select(index, filler)
+        chunk.layouts[stage + 1] = chunk.layout
         chunk.stats.kept[f"inner{stage}"] = kept
         if engine.record_plans:
             chunk.stats.plans[f"inner{stage}"] = plans
@@ -143,7 +158,8 @@ class InnerRunner:
         """Cut the cache of layers < K to the kept set too (PruneVid): they then hold what layers >= K hold."""
         if stage != 0:
             raise InputError("earlier-KV pruning is only supported at a policy's first stage")
-        layers = past.layers[:layer]
+        linear = self.linear  # a recurrent state has no token axis: those layers keep what they have absorbed
+        layers = [cl for i, cl in enumerate(past.layers[:layer]) if i not in linear]
         if not all(type(cl) is DynamicLayer for cl in layers):
             raise InputError(
                 "this method cuts the KV cache of the layers before K, which needs the default "
@@ -191,19 +207,30 @@ class InnerRunner:
         return mask
 
     # ---- attention of layer K-1 -----------------------------------------------------------------------------
+    def score_layout(self, stage: int, chunk: Chunk):
+        """The layout of the tokens the score layer of ``stage`` saw: on a hybrid model it may lie before an earlier
+        stage, whose drops the current layout already reflects."""
+        prev = self.engine.adapter.score_layer(self.engine.stage_layers[stage])
+        return chunk.layouts.get(self.stage_of(prev) + 1, chunk.layout)
+
     def scores(self, stage: int, chunk: Chunk, kwargs, past) -> torch.Tensor:
-        """``[B, S]`` attention at layer K-1 over every key it sees (the cached past, then this chunk)."""
+        """``[B, S]`` attention at the score layer (K-1, or the last attention layer before K) over every key it
+        sees (the cached past, then this chunk's tokens as :meth:`score_layout` lays them out)."""
         engine = self.engine
         cap = engine.captures[stage]
         if cap.q is None or cap.k is None:
             raise RuntimeError("tokpress: layer K-1 projections were not captured; was the forward interrupted?")
-        cos, sin = self.rope(chunk, kwargs)
+        layout = self.score_layout(stage, chunk)
+        if layout is chunk.layout:
+            cos, sin = self.rope(chunk, kwargs)
+        else:
+            cos, sin = (gather_seq(t, layout.src) for t in kwargs["position_embeddings"])
         keys = apply_rope(cap.k, cos, sin)
-        key_mask = chunk.layout.mask.bool()
+        key_mask = layout.mask.bool()
         past_len = 0
         session = chunk.session
         if chunk.continuing and past is not None and session is not None:
-            prev = engine.stage_layers[stage] - 1
+            prev = engine.adapter.score_layer(engine.stage_layers[stage])
             seg = session.segments[self.stage_of(prev) + 1]
             past_len = seg.length - keys.shape[2]
             cached = past.layers[prev].keys[:, :, :past_len].to(keys.device)
@@ -212,7 +239,20 @@ class InnerRunner:
         if not cap.all_queries:
             q = apply_rope(cap.q.transpose(1, 2), cos[:, -1:], sin[:, -1:])[:, :, 0]
             return last_query_attention(q.to(keys.device), keys, key_mask, cap.scaling)
-        return self._question_scores(cap, chunk.layout, cos, sin, keys, key_mask, past_len)
+        return self._question_scores(cap, layout, cos, sin, keys, key_mask, past_len)
+
+    @staticmethod
+    def to_layout(scores: torch.Tensor, source, target) -> torch.Tensor:
+        """``scores`` ``[B, L_s]`` of the tokens of layout ``source``, read at the tokens of layout ``target``
+        ``[B, L_t]`` (a subset of them; fillers of ``target`` get an arbitrary value)."""
+        if source is target:
+            return scores
+        width = int(max(source.src.max(), target.src.max())) + 1
+        where = torch.zeros(scores.shape[0], width, dtype=torch.long, device=scores.device)
+        real = ~source.filler
+        at = torch.arange(source.src.shape[1], device=scores.device).expand_as(source.src)
+        where.scatter_(1, source.src.masked_fill(~real, width - 1), at.masked_fill(~real, 0))
+        return scores.gather(1, where.gather(1, target.src.to(scores.device)))
 
     @staticmethod
     def _question_scores(cap, layout, cos, sin, keys, key_mask, past_len) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from tokpress.config import budget
 from tokpress.patches.base import VideoSpan
+from tokpress.patches.deepstack import Deepstack, merged_side_features
 from tokpress.patches.layout import Layout
 from tokpress.policies.base import OuterPolicy, Plan, VideoTokens
 
@@ -33,6 +34,7 @@ def outer_keep(
     layout: Layout,
     attention: list[list[torch.Tensor | None]] | None = None,
     family: str = "",
+    deepstack: Deepstack | None = None,
 ) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]]]:
     """Plan every video of the batch.
 
@@ -44,6 +46,7 @@ def outer_keep(
         layout: the logical layout (for the padding of each sample).
         attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
         family: the adapter's family name, passed on as ``VideoTokens.family``.
+        deepstack: the deepstack rows of ``embeds``' positions; merged tokens get merged rows written in.
 
     Returns:
         per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
@@ -57,14 +60,22 @@ def outer_keep(
             n = span.grid.numel
             k = budget(ratio, n)
             att = attention[b][j] if attention is not None else None
-            video = VideoTokens(
-                embeds[b, span.start : span.start + n], span.grid, sample=b, video=j, attention=att, family=family
-            )
+            at = span.index(embeds.device)[:n]
+            contiguous = span.positions is None
+            feats = embeds[b, span.start : span.start + n] if contiguous else embeds[b, at]
+            video = VideoTokens(feats, span.grid, sample=b, video=j, attention=att, family=family)
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
-            alive[span.start : span.start + n] = False
-            alive[span.start + plan.keep] = True
+            if deepstack is not None and plan.features is not None:
+                if plan.sides is None:
+                    replan = lambda f, g=span.grid, b=b, j=j, a=att, k=k: policy.plan(  # noqa: E731
+                        VideoTokens(f, g, sample=b, video=j, attention=a, family=family), k
+                    )
+                    plan.sides = merged_side_features(replan, feats, plan, deepstack.rows_of(b, at))
+                deepstack.write(b, at[plan.keep], plan.sides)
+            alive[at] = False
+            alive[at[plan.keep]] = True
             if plan.features is not None or plan.sizes is not None:
-                replace.append((b, span.start + plan.keep, plan.features, plan.sizes))
+                replace.append((b, at[plan.keep], plan.features, plan.sizes))
             plans_b.append(plan)
         keep.append(alive.nonzero().squeeze(1))
         plans.append(plans_b)

@@ -74,22 +74,33 @@ class Chunk:
     continuing: bool
     session: Session | None
     layout: Layout | None = None
+    layouts: dict[int, Layout] = field(default_factory=dict)  # segment -> the layout its layers saw
     layer_mask: Any = None
+    linear_mask: Any = None  # 2-D padding mask for linear-attention layers from the first inner stage on
     rope: dict = field(default_factory=dict)  # (segment, id(cos)) -> gathered (cos, sin)
     segment: int = 0
     stats: Stats | None = None
     slots: list[tuple[VideoSlot, ...]] = field(default_factory=list)
+    video_counts: list[int] | None = None  # per video of the batch, its tokens (adapters that ask for them)
+    ids: torch.Tensor | None = None  # [B, q] the caller's token ids (adapters that ask for them)
+    deepstack: Any = None  # Deepstack rows of the current layout (Qwen3-VL), while layers still add them
 
 
-def has_video_inputs(kwargs: dict) -> bool:
+#: per ``Adapter.frames_modality``: the forward keyword that carries the frames' pixels
+PIXELS_KWARG = {"video": "pixel_values_videos", "image": "pixel_values"}
+
+
+def has_video_inputs(kwargs: dict, modality: str = "video") -> bool:
     """Whether this forward carries video features (pixels, or 5.23 ``generate()``'s pre-encoded outputs).
 
     Placeholder ids without features (e.g. a decode step that sampled the video token id) are plain tokens.
+    ``modality`` is the adapter's ``frames_modality``: for ``"image"`` (InternVL) any image features count, and
+    the adapter's ``find_videos`` tells frames from images.
     """
-    if kwargs.get("pixel_values_videos") is not None:
+    if kwargs.get(PIXELS_KWARG[modality]) is not None:
         return True
     encoded = kwargs.get("mm_encoder_outputs")
-    return isinstance(encoded, dict) and encoded.get("video") is not None
+    return isinstance(encoded, dict) and encoded.get(modality) is not None
 
 
 def sequence_index(position_ids: torch.Tensor | None) -> torch.Tensor | None:

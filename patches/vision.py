@@ -1,8 +1,9 @@
 """Vision-encoder attention for outer policies that rank tokens by it (HoliTom, FastVID, VisionZip).
 
-Nothing is switched to eager attention. While the model encodes *videos* (``get_video_features`` is wrapped with
-``functools.wraps``, so 5.23 ``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and
-key projections of one vision block; the adapter turns them into the attention each LLM video token receives
+Nothing is switched to eager attention. While the model encodes *videos* (``get_video_features`` — or
+``get_image_features`` for InternVL, whose frames are image tiles — is wrapped with ``functools.wraps``, so 5.23
+``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and key projections of one
+vision block; the adapter turns them into the attention each LLM video token receives
 within its attention group (a frame or temporal patch), averaged over heads: either the mean-query proxy FastVID
 uses for Qwen2.5-VL, ``softmax(mean_i(q_i) . k_j / sqrt(d))`` — O(n d) — or the full map averaged over queries,
 ``mean_i softmax(q_i . k_j / sqrt(d))``, as HoliTom and VisionZip define it — O(n^2 d), computed frame by frame.
@@ -76,9 +77,15 @@ class VisionAttention:
         self._handles: list = []
         self._wrapper = None
 
+    @property
+    def encoder_name(self) -> str:
+        """The base-model method that encodes the frames: ``get_video_features`` (``get_image_features`` for
+        adapters whose frames are image tiles)."""
+        return f"get_{self.adapter.frames_modality}_features"
+
     def install(self) -> None:
         base = self.adapter.base
-        original = base.get_video_features
+        original = getattr(base, self.encoder_name)
 
         @functools.wraps(original)
         def encode_videos(*args, **kwargs):
@@ -88,7 +95,8 @@ class VisionAttention:
             finally:
                 self.active = False
 
-        base.get_video_features = self._wrapper = encode_videos
+        self._wrapper = encode_videos
+        setattr(base, self.encoder_name, encode_videos)
         self._handles = self.adapter.install_vision_capture(
             lambda: self.active, lambda t: self.collected.append(t), self.score
         )
@@ -98,17 +106,29 @@ class VisionAttention:
             handle.remove()
         self._handles.clear()
         base = self.adapter.base
-        if base.__dict__.get("get_video_features") is self._wrapper:
-            del base.get_video_features
+        if base.__dict__.get(self.encoder_name) is self._wrapper:
+            delattr(base, self.encoder_name)
         self.collected.clear()
 
-    def take(self, spans: list[list[VideoSpan]]) -> list[list[torch.Tensor | None]] | None:
+    def take(
+        self, spans: list[list[VideoSpan]], placeholders: torch.Tensor | None = None
+    ) -> list[list[torch.Tensor | None]] | None:
         """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors.
 
         ``generate()`` with ``num_beams`` / ``num_return_sequences`` k encodes each video once and repeats every
         sample k times afterwards; the scores are then repeated the same way.
+
+        Args:
+            spans: per sample, its videos.
+            placeholders: ``[B, q]`` placeholder mask of the chunk. Where frames are image tiles
+                (``frames_modality == "image"``) the scores cover every placeholder of the batch, images too, in
+                order; each video's are then read at its positions.
         """
-        sizes = [[span.grid.numel for span in found] for found in spans]
+        by_position = self.adapter.frames_modality == "image"
+        if by_position:
+            sizes = [[int(n)] for n in placeholders.sum(1).tolist()]
+        else:
+            sizes = [[span.grid.numel for span in found] for found in spans]
         scores = torch.cat(self.collected) if self.collected else None
         self.collected.clear()
         total = sum(map(sum, sizes))
@@ -122,4 +142,13 @@ class VisionAttention:
         base = sizes[::repeat]
         parts = iter(torch.split(scores, [n for sample in base for n in sample]))
         per_sample = [[next(parts) for _ in sample] for sample in base]
-        return [per_sample[b // repeat] for b in range(len(sizes))]
+        out = [per_sample[b // repeat] for b in range(len(sizes))]
+        if by_position:
+            out = [_at_positions(out[b][0], placeholders[b], found) for b, found in enumerate(spans)]
+        return out
+
+
+def _at_positions(scores: torch.Tensor, placeholders: torch.Tensor, found: list[VideoSpan]) -> list[torch.Tensor]:
+    """Each video's ``[N]`` scores out of one sample's ``scores`` ``[n_placeholders]``, read at its positions."""
+    rank = (placeholders.cumsum(0) - 1).to(scores.device)  # index of each position among the placeholders
+    return [scores[rank[span.index(scores.device)[: span.grid.numel]]] for span in found]

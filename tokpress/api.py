@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from tokpress.config import build_config
 from tokpress.errors import ConfigError, UnsupportedModelError
-from tokpress.registry import get_adapter_class
+from tokpress.registry import get_adapter_class, get_policy
 
 logger = logging.getLogger("tokpress")
 
@@ -102,6 +102,7 @@ def apply(
             f"inner stages need full-attention layers, but layers {sliding} use sliding "
             "windows; use an outer policy only"
         )
+    _check_score_layers(adapter, cfg)
     engine = Engine(model, adapter, cfg)
     if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
         raise UnsupportedModelError(
@@ -113,6 +114,20 @@ def apply(
     model.tokpress = engine
     logger.info("tokpress: applied %s", cfg)
     return model
+
+
+def _check_score_layers(adapter, cfg) -> None:
+    """Refuse inner stages that rank by attention where no attention layer precedes them (hybrid models)."""
+    attention = [i for i in range(adapter.num_layers) if i not in set(adapter.linear_layers())]
+    for stage in cfg.inner:
+        if not get_policy("inner", stage.policy).needs_attention or adapter.score_layer(stage.layer) is not None:
+            continue
+        valid = [i + 1 for i in attention if i + 1 < adapter.num_layers]
+        fix = f"use inner_layer={valid[0]} or later" if valid else "use an outer policy only"
+        raise UnsupportedModelError(
+            f"inner policy {stage.policy!r} at layer {stage.layer} ranks tokens by attention, but every layer "
+            f"before it is linear attention (no attention scores; full-attention layers: {attention}); {fix}"
+        )
 
 
 def remove(model):
