@@ -27,6 +27,10 @@ VISION_TOKEN_IDS = dict(
 )
 VOCAB = 256
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+#: Families whose tiny model lives in its own module ``tokpress.eval.tiny_<family>`` (see :func:`family_module`).
+MODULE_FAMILIES = ("qwen3_vl", "qwen3_5", "internvl", "llava_next_video")
+#: Every family with a tiny model.
+ALL_FAMILIES = FAMILIES + MODULE_FAMILIES
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -92,10 +96,33 @@ def _llava_onevision_config():
     )
 
 
+def family_module(family: str):
+    """The module ``tokpress.eval.tiny_<family>`` of a family in :data:`MODULE_FAMILIES`.
+
+    Each such module provides, with the meaning the functions of this module have for the original families:
+
+    * ``config()``: the tiny config;
+    * ``make_inputs(prompts=None, video=VideoSpec(), *, with_image=False, with_video=True, seed=0,
+      dtype=torch.float32)``: a left-padded batch laid out as the family's processor lays it out;
+    * ``batch_inputs()``: the two-sample ragged batch of the invariant matrix;
+    * ``sample_inputs(inputs, b)``: sample ``b`` of ``batch_inputs()``'s output alone, without padding;
+    * ``grid_tokens(inputs)``: per sample, its video grid tokens (protected tokens excluded);
+    * ``EXTRA``: protected video tokens per video (counted in ``Stats.video_tokens``, never dropped);
+    * ``processor()``: the family's real ``transformers`` processor, built offline.
+    """
+    import importlib
+
+    if family not in MODULE_FAMILIES:
+        raise ValueError(f"{family!r} has no tiny module; those that do: {MODULE_FAMILIES}")
+    return importlib.import_module(f"tokpress.eval.tiny_{family}")
+
+
 def tiny_config(family: str):
-    """The config of a tiny model of ``family`` (one of :data:`FAMILIES`)."""
+    """The config of a tiny model of ``family`` (one of :data:`ALL_FAMILIES`)."""
+    if family in MODULE_FAMILIES:
+        return family_module(family).config()
     if family not in FAMILIES:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {ALL_FAMILIES}")
     return _llava_onevision_config() if family == "llava_onevision" else _qwen_config(family)
 
 
@@ -107,6 +134,17 @@ def tiny_model(family: str, *, attn: str = "sdpa", dtype: torch.dtype = torch.fl
     config = tiny_config(family)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn, dtype=dtype)
     return model.eval()
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` ``[B, L]`` (left-padded with ``PAD_ID``) and ``attention_mask`` ``[B, L]`` of token-id rows."""
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, ids in enumerate(rows):
+        input_ids[i, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[i, width - len(ids) :] = 1
+    return input_ids, attention_mask
 
 
 @dataclass(frozen=True)
@@ -135,7 +173,7 @@ def _qwen_video_pixels(spec: VideoSpec, gen: torch.Generator):
 def make_inputs(
     family: str,
     prompts: list[tuple[int, int]] | None = None,
-    video: VideoSpec | list[VideoSpec] = VideoSpec(),
+    video: VideoSpec | list[VideoSpec] | None = None,
     *,
     with_image: bool = False,
     with_video: bool = True,
@@ -147,7 +185,8 @@ def make_inputs(
     Args:
         family: one of :data:`FAMILIES`.
         prompts: per sample ``(text_before, text_after)`` token counts around the video; default one sample ``(5, 7)``.
-        video: one spec for all samples, or one per sample (Qwen only: LLaVA batches share a frame count).
+        video: one spec for all samples, or one per sample (Qwen only: LLaVA batches share a frame count); default
+            :class:`VideoSpec()` (the family module's default for :data:`MODULE_FAMILIES`).
         with_image: put a 4-token image before the video (Qwen) to check that images are left alone.
         with_video: if False, a text-only prompt.
         seed: seeds text ids and pixels.
@@ -156,6 +195,12 @@ def make_inputs(
     Returns:
         ``input_ids`` [B, L], ``attention_mask`` [B, L] and the family's vision inputs.
     """
+    if family in MODULE_FAMILIES:
+        video_kw = {} if video is None else {"video": video}
+        return family_module(family).make_inputs(
+            prompts, **video_kw, with_image=with_image, with_video=with_video, seed=seed, dtype=dtype
+        )
+    video = VideoSpec() if video is None else video
     prompts = prompts or [(5, 7)]
     specs = video if isinstance(video, list) else [video] * len(prompts)
     gen = torch.Generator().manual_seed(seed)
@@ -178,12 +223,7 @@ def make_inputs(
                 pixels.append(p)
                 grids.append(g)
         rows.append(ids + text(after))
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for i, ids in enumerate(rows):
-        input_ids[i, width - len(ids) :] = torch.tensor(ids)
-        attention_mask[i, width - len(ids) :] = 1
+    input_ids, attention_mask = left_pad(rows)
     out: dict[str, torch.Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
     if family == "llava_onevision":
         if with_video:

@@ -31,7 +31,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokpress.eval.tiny import FAMILIES, IMAGE_ID, PAD_ID, VIDEO_ID, VISION_END_ID, VISION_START_ID, VOCAB
+from tokpress.eval.tiny import (
+    FAMILIES,
+    IMAGE_ID,
+    MODULE_FAMILIES,
+    PAD_ID,
+    VIDEO_ID,
+    VISION_END_ID,
+    VISION_START_ID,
+    VOCAB,
+    family_module,
+)
 
 #: Largest frame the Qwen processors keep at full size: 112x112 pixels = a 4x4 grid of merged 28x28 tokens.
 QWEN_MAX_PIXELS = 112 * 112
@@ -169,8 +179,10 @@ def tiny_processor(family: str):
         ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` / ``LlavaOnevisionProcessor`` with a tiny tokenizer, image
         and video processors sized for ``tiny_model(family)`` and a minimal chat template.
     """
+    if family in MODULE_FAMILIES:
+        return family_module(family).processor()
     if family not in FAMILIES:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES + MODULE_FAMILIES}")
     tokenizer = tiny_tokenizer(family)
     if family == "llava_onevision":
         return _llava_onevision_processor(tokenizer)

@@ -42,6 +42,8 @@ def _no_grad():
 
 def batch_inputs(family: str, **kwargs):
     """A left-padded batch of two prompts; for Qwen the two videos differ in size (ragged kept counts)."""
+    if family in tiny.MODULE_FAMILIES:
+        return tiny.family_module(family).batch_inputs(**kwargs)
     if family == "llava_onevision":
         video = tiny.VideoSpec(frames=8)
     else:
@@ -51,6 +53,8 @@ def batch_inputs(family: str, **kwargs):
 
 def sample_inputs(inputs: dict[str, torch.Tensor], family: str, b: int) -> dict[str, torch.Tensor]:
     """Sample ``b`` of a batch from :func:`batch_inputs`, alone and without padding."""
+    if family in tiny.MODULE_FAMILIES:
+        return tiny.family_module(family).sample_inputs(inputs, b)
     keep = inputs["attention_mask"][b].bool()
     names = ("input_ids", "attention_mask", "mm_token_type_ids")
     out = {k: inputs[k][b : b + 1][:, keep] for k in names if k in inputs}

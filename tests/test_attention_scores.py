@@ -11,7 +11,8 @@ import torch
 
 import tokpress
 from tokpress import registry
-from tokpress.eval.tiny import FAMILIES, VIDEO_ID, make_inputs, tiny_model
+from tokpress.eval.inputs import video_placeholder_id
+from tokpress.eval.tiny import ALL_FAMILIES, make_inputs, tiny_config, tiny_model
 from tokpress.ops import topk_sorted
 from tokpress.policies.base import InnerPolicy, InnerTokens, Plan
 from tokpress.registry import register_policy
@@ -52,7 +53,8 @@ def reference(family: str) -> tuple[dict, tuple[torch.Tensor, ...]]:
         inputs = make_inputs(family, prompts=PROMPTS)
         with torch.no_grad():
             out = model(**inputs, output_attentions=True)
-        assert len(out.attentions) == model.config.text_config.num_hidden_layers
+        types = getattr(model.config.text_config, "layer_types", None) or []
+        assert len(out.attentions) == model.config.text_config.num_hidden_layers - types.count("linear_attention")
         _REFERENCE[family] = (inputs, out.attentions)
     return _REFERENCE[family]
 
@@ -73,9 +75,16 @@ def recorded_scores(family: str, attn: str, layer: int) -> dict[int, tuple[torch
 def check_against_reference(family: str, layer: int, got: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
     inputs, attentions = reference(family)
     ids = inputs["input_ids"]
-    probs = attentions[layer - 1][:, :, -1, :].double().mean(1)  # [B, L]: last query, mean over heads
+    # the score layer: K-1, or on a hybrid model the last attention layer before K; `attentions` holds only the
+    # attention layers' maps
+    config = tiny_config(family).get_text_config()
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    attention_layers = [i for i, t in enumerate(types) if t != "linear_attention"]
+    score_layer = max(i for i in attention_layers if i < layer)
+    probs = attentions[attention_layers.index(score_layer)][:, :, -1, :].double().mean(1)  # [B, L]: last query
+    placeholder = video_placeholder_id(tiny_config(family))
     for b in range(ids.shape[0]):
-        video_pos = (ids[b] == VIDEO_ID).nonzero().squeeze(1)
+        video_pos = (ids[b] == placeholder).nonzero().squeeze(1)
         scores, ordinals = got[b]
         # droppable video tokens: all of them for Qwen, all but the one trailing newline for LLaVA-OneVision
         n = video_pos.numel() - (1 if family == "llava_onevision" else 0)
@@ -88,12 +97,12 @@ def check_against_reference(family: str, layer: int, got: dict[int, tuple[torch.
 
 
 @pytest.mark.parametrize("layer", [1, 2, 3])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_scores_match_eager_attention(family, layer):
     check_against_reference(family, layer, recorded_scores(family, "eager", layer))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_scores_under_sdpa_match_eager_reference(family):
     eager, sdpa = tiny_model(family, attn="eager", seed=0), tiny_model(family, attn="sdpa", seed=0)
     assert sdpa.config.text_config._attn_implementation == "sdpa"

@@ -15,7 +15,7 @@ STAGES = {
     "inner": dict(inner="fastv", inner_layer=2, retain_ratio=0.25),
     "stacked": dict(outer="uniform", inner="fastv", inner_layer=1, retain_ratio=0.5),
 }
-CASES = [(f, s) for f in tiny.FAMILIES for s in STAGES]
+CASES = [(f, s) for f in tiny.ALL_FAMILIES for s in STAGES]
 IDS = [f"{f}-{s}" for f, s in CASES]
 
 
@@ -87,7 +87,7 @@ def test_second_generate_continues_the_compressed_conversation(get_model, family
 @pytest.mark.parametrize("pass_mask", [True, False], ids=["mask", "no-mask"])
 def test_manual_decode_loop_matches_generate(get_model, family, stage, pass_mask):
     """A hand-written greedy loop that passes no position ids (P3) gives generate()'s logits."""
-    if pass_mask and family != "llava_onevision":
+    if pass_mask and family.startswith("qwen"):
         pytest.skip("unpatched transformers (5.17-5.23) already fails on this Qwen loop: it sizes M-RoPE by the mask")
     model = get_model(family)
     inputs = tiny.make_inputs(family)

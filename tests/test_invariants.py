@@ -18,7 +18,7 @@ from tokpress.config import budget
 from tokpress.eval import tiny
 from tokpress.registry import get_preset
 
-FAMILIES = tiny.FAMILIES
+FAMILIES = tiny.ALL_FAMILIES
 ATTENTION = ("sdpa", "eager")
 METHODS = {
     "uniform": dict(outer="uniform"),
@@ -63,8 +63,17 @@ def _apply(model, method: str, ratio: float = RATIO):
 
 def _video_grid_tokens(inputs, family: str) -> list[int]:
     """Per sample: its video's grid tokens (LLaVA-OV's newline excluded)."""
+    if family in tiny.MODULE_FAMILIES:
+        return tiny.family_module(family).grid_tokens(inputs)
     n = (inputs["input_ids"] == tiny.VIDEO_ID).sum(1)
     return (n - 1 if family == "llava_onevision" else n).tolist()
+
+
+def _extra(family: str) -> int:
+    """Protected video tokens per video (LLaVA-OV's newline)."""
+    if family in tiny.MODULE_FAMILIES:
+        return tiny.family_module(family).EXTRA
+    return 1 if family == "llava_onevision" else 0
 
 
 @pytest.mark.parametrize("family,attn,method", CASES, ids=IDS)
@@ -106,7 +115,7 @@ def test_promised_lengths(get_model, family, attn, method):
     inputs = batch_inputs(family)
     _apply(model, method)
     cfg = model.tokpress.config
-    extra = 1 if family == "llava_onevision" else 0
+    extra = _extra(family)
     grid = _video_grid_tokens(inputs, family)
     out = model.generate(**inputs, **GEN, return_dict_in_generate=True)
     last = model.tokpress.last
@@ -129,11 +138,18 @@ def test_promised_lengths(get_model, family, attn, method):
     width = inputs["input_ids"].shape[1]
     for layer in range(model.tokpress.adapter.num_layers):
         segment = sum(1 for s in cfg.inner if s.layer <= layer)
-        if cfg.inner and model.tokpress.inner[0].prune_earlier_kv:
+        linear = layer in model.tokpress.adapter.linear_layers()
+        if cfg.inner and model.tokpress.inner[0].prune_earlier_kv and not linear:  # a recurrent state keeps all
             segment = max(segment, 1)
         pad = [width - r for r in real]
         expect_len = max(p + s for p, s in zip(pad, seq_per_segment[segment])) + NEW_TOKENS - 1
-        assert out.past_key_values.layers[layer].keys.shape[2] == expect_len, f"layer {layer}"
+        cache_layer = out.past_key_values.layers[layer]
+        if linear:  # a recurrent state: the tokens it absorbed, fixed size
+            if hasattr(cache_layer, "get_seq_length"):  # transformers >= 5.2x counts the tokens a state absorbed
+                assert int(cache_layer.get_seq_length()) == expect_len, f"layer {layer}"
+            assert cache_layer.recurrent_states[0].shape[0] == len(real), f"layer {layer}"
+        else:
+            assert cache_layer.keys.shape[2] == expect_len, f"layer {layer}"
     assert last.tokens_per_layer[0][-1] == seq_per_segment[-1][0]
 
 
@@ -143,14 +159,17 @@ def _replay(model, last) -> None:
     kwargs = {}
     if cfg.outer:
         features = [[p.features for p in videos] for videos in last.plans["outer"]]
-        outer_options = {"keep": last.kept["outer"], "features": features}
+        sides = [[p.sides for p in videos] for videos in last.plans["outer"]]
+        outer_options = {"keep": last.kept["outer"], "features": features, "sides": sides}
         kwargs.update(outer="fixed", outer_ratio=cfg.outer.ratio, outer_options=outer_options)
     if cfg.inner:
         stages = range(len(cfg.inner))
         features = [[None if p is None else p.features for p in last.plans[f"inner{s}"]] for s in stages]
+        sides = [[None if p is None else p.sides for p in last.plans[f"inner{s}"]] for s in stages]
         inner_options = {
             "keep": [last.kept[f"inner{s}"] for s in stages],
             "features": features,
+            "sides": sides,
             "layers": tuple(s.layer for s in cfg.inner),
             "ratios": tuple(s.ratio for s in cfg.inner),
         }
