@@ -64,6 +64,7 @@ import torch
 import tokpress
 from tokpress.errors import ConfigError
 from tokpress.eval.eval_data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
+from tokpress.eval.flops_exact import fastv_prefill_flops
 from tokpress.eval.methods import parse_method
 from tokpress.eval.scoring import (
     Prepared,
@@ -77,7 +78,6 @@ from tokpress.eval.scoring import (
 from tokpress.eval.stats import EXACT_BELOW, agreement, bootstrap_ci, mcnemar, mcnemar_test_name
 from tokpress.eval.synth import SynthConfig
 from tokpress.eval.timing import Clock
-from tokpress.flops import fastv_flops
 
 logger = logging.getLogger("tokpress")
 
@@ -230,7 +230,6 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
     model, processor = work.model, work.processor
     samples = load_benchmark(config)
     plan = eval_plan(config)
-    text = model.config.get_text_config()
     video_id = int(getattr(model.config, "video_token_id", None) or model.config.video_token_index)
     pad_id = processor.tokenizer.pad_token_id or 0
     clock = Clock(_device_dtype(model)[0])
@@ -278,7 +277,7 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
                         video_tokens=counts[b]["video_tokens"],
                         into_llm=counts[b]["into_llm"],
                         tokens_per_layer=per_layer,
-                        flops_fastv=fastv_flops(per_layer, text.hidden_size, text.intermediate_size),
+                        flops_fastv=fastv_prefill_flops(model.config, per_layer),
                         decode_ms=p.decode_ms,
                         preprocess_ms=p.preprocess_ms,
                         rows_consistent=consistent[b],

@@ -55,83 +55,210 @@ def arch_config(name: str):
 
     Raises:
         ConfigError: ``name`` is not one of :func:`arch_names`.
+        UnsupportedModelError: the installed ``transformers`` does not know the architecture's ``model_type``.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     data = {k: copy.deepcopy(v) for k, v in _arch_dict(name).items() if not k.startswith("_")}
-    return AutoConfig.for_model(data.pop("model_type"), **data)
+    model_type = data.pop("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise UnsupportedModelError(
+            f"architecture {name!r} needs model_type {model_type!r}, which transformers {__version__} lacks; "
+            "upgrade transformers"
+        )
+    return AutoConfig.for_model(model_type, **data)
+
+
+#: special-token attributes a smoke config moves to the end of its reduced vocabulary
+_SPECIAL_IDS = (
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "image_token_id",
+    "video_token_id",
+    "image_token_index",
+    "video_token_index",
+)
+
+
+def smoke_config(name: str, vocab: int = 4096):
+    """``arch_config(name)`` cut to a size a CPU runs end to end in seconds, for smoke tests.
+
+    Kept as published: every width, head count and head size, the experts (count, size, top-k), the rotary setup,
+    the vision tower's patch, merge and feature-selection settings, and the *kinds* of decoder layers. Cut: the
+    decoder to its first attention layer and the layers before it (a hybrid's first period: three Gated-DeltaNet
+    layers then full attention), at least 2 layers; the vision tower to 2 blocks (deepstack, where the model has
+    it, at both); the vocabulary to ``vocab`` ids, the special ids moved to its end.
+    """
+    config = arch_config(name)
+    text = _text_config(config)
+    types = list(getattr(text, "layer_types", None) or [])
+    first_attention = next((i for i, t in enumerate(types) if t != "linear_attention"), 0)
+    layers = max(2, first_attention + 1)
+    text.num_hidden_layers = layers
+    if types:
+        text.layer_types = types[:layers]
+    vision = config.vision_config
+    for depth in ("depth", "num_hidden_layers"):
+        if hasattr(vision, depth):
+            setattr(vision, depth, 2)
+    if getattr(vision, "deepstack_visual_indexes", None):
+        vision.deepstack_visual_indexes = [0, 1]
+    text.vocab_size = vocab
+    for holder in (config, text):
+        for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(holder, attr, None)
+            if isinstance(value, int) and value >= vocab:
+                setattr(holder, attr, 0)
+    special = [a for a in _SPECIAL_IDS if isinstance(getattr(config, a, None), int)]
+    for offset, attr in enumerate(sorted(special, key=lambda a: getattr(config, a))):
+        setattr(config, attr, vocab - len(special) + offset)  # InternVL: <img>, </img> sit just below the context id
+    return config
 
 
 def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
 
 
-def model_shape(config) -> dict[str, Any]:
-    """The sizes a FLOPs count needs, read from a video-LLM config.
+#: Text model types whose full-attention layers gate their output with a sigmoid of a second ``q_proj`` half
+#: (``q_proj`` is ``d -> 2 * heads * head_dim``); the modeling code does it unconditionally, the config has no flag.
+_GATED_ATTENTION = ("qwen3_5_text", "qwen3_5_moe_text", "qwen3_next")
 
-    Returns:
-        A flat dict. Decoder: ``family`` (the ``model_type``), ``hidden``, ``intermediate``, ``layers``, ``heads``,
-        ``kv_heads``, ``head_dim``, ``vocab``, ``tied_embeddings``. Vision encoder: ``vision_kind`` (``"qwen2_vl"``,
-        ``"qwen2_5_vl"`` or ``"siglip"``), ``vision_depth``, ``vision_width``, ``vision_intermediate``,
-        ``vision_heads``, ``vision_mlp`` (``"gated"``: SwiGLU, 3 matrices; ``"plain"``: 2 matrices), ``patch``,
-        ``temporal_patch`` (1 for SigLIP), ``merge`` (spatial merge of the Qwen merger; 1 for SigLIP),
-        ``merger_width`` (merger input width, ``vision_width * merge**2``), ``out_hidden`` (width fed to the LLM),
-        ``window_size`` (pixels; 0 when every block attends over the whole frame), ``fullatt_blocks``,
-        ``image_size`` (SigLIP input side; 0 for Qwen, whose size is dynamic), ``projector`` (``"merger"`` or
-        ``"mlp2x"``), ``vision_head`` (SigLIP's attention-pooling head runs; False for the published checkpoints).
+#: The sizes of a Gated-DeltaNet (linear-attention) layer, named as in the config.
+LINEAR_KEYS = (
+    "linear_num_key_heads",
+    "linear_num_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+    "linear_conv_kernel_dim",
+)
+
+
+def _layer_types(text, layers: int) -> list[str]:
+    types = list(getattr(text, "layer_types", None) or ["full_attention"] * layers)
+    if len(types) != layers:
+        raise ConfigError(f"layer_types has {len(types)} entries for {layers} layers; fix the config")
+    return ["linear_attention" if t == "linear_attention" else "full_attention" for t in types]
+
+
+def _mlp_types(text, layers: int) -> list[str]:
+    """``"moe"`` where the layer holds a sparse MoE block, else ``"dense"`` (the Qwen MoE rule: every
+    ``decoder_sparse_step``-th layer, less ``mlp_only_layers``; every layer when the config has neither)."""
+    if not (getattr(text, "num_experts", 0) or 0):
+        return ["dense"] * layers
+    step = getattr(text, "decoder_sparse_step", 1) or 1
+    dense_only = set(getattr(text, "mlp_only_layers", None) or [])
+    return ["moe" if i not in dense_only and (i + 1) % step == 0 else "dense" for i in range(layers)]
+
+
+def decoder_shape(config) -> dict[str, Any]:
+    """The decoder part of :func:`model_shape`; works for any config with a standard text config.
+
+    Per layer: ``layer_types`` (``"full_attention"`` or ``"linear_attention"``; any other attention type, e.g.
+    ``"sliding_attention"``, is counted as full attention), ``mlp_types`` (``"dense"`` or ``"moe"``) and
+    ``ffn_active`` (the FFN width a token goes through: ``intermediate`` for dense layers,
+    ``experts_per_token * moe_intermediate + shared_expert_intermediate`` for MoE layers).
     """
-    family = config.model_type
     text = _text_config(config)
-    heads = text.num_attention_heads
+    heads, layers = text.num_attention_heads, text.num_hidden_layers
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    mlp_types = _mlp_types(text, layers)
     shape: dict[str, Any] = dict(
-        family=family,
+        family=config.model_type,
         hidden=text.hidden_size,
-        intermediate=text.intermediate_size,
-        layers=text.num_hidden_layers,
+        intermediate=getattr(text, "intermediate_size", None) or 0,
+        layers=layers,
         heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
         head_dim=head_dim,
         vocab=text.vocab_size,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        attn_output_gate=getattr(text, "model_type", "") in _GATED_ATTENTION,
+        layer_types=_layer_types(text, layers),
+        mlp_types=mlp_types,
+        experts=getattr(text, "num_experts", 0) or 0,
+        experts_per_token=getattr(text, "num_experts_per_tok", 0) or 0,
+        moe_intermediate=getattr(text, "moe_intermediate_size", 0) or 0,
+        shared_expert_intermediate=getattr(text, "shared_expert_intermediate_size", 0) or 0,
+        **{key: getattr(text, key, 0) or 0 for key in LINEAR_KEYS},
     )
-    vision = config.vision_config
+    if "dense" in mlp_types and not shape["intermediate"]:
+        raise ConfigError("the config has dense MLP layers but no intermediate_size")
+    moe_width = shape["experts_per_token"] * shape["moe_intermediate"] + shape["shared_expert_intermediate"]
+    shape["ffn_active"] = [moe_width if kind == "moe" else shape["intermediate"] for kind in mlp_types]
+    return shape
+
+
+def _qwen_vit(vision, *, width: int, intermediate: int, mlp: str, out: int, window: int, full: list[int]):
+    merge = vision.spatial_merge_size
+    return dict(
+        vision_width=width,
+        vision_intermediate=intermediate,
+        vision_heads=vision.num_heads,
+        vision_depth=vision.depth,
+        vision_mlp=mlp,
+        out_hidden=out,
+        window_size=window,
+        fullatt_blocks=full,
+        patch=vision.patch_size,
+        temporal_patch=vision.temporal_patch_size,
+        merge=merge,
+        merger_width=width * merge * merge,
+        image_size=0,
+        projector="merger",
+        vision_head=False,
+        vision_cls=0,
+        deepstack_mergers=0,
+    )
+
+
+def _side(value) -> int:
+    """A square image or patch side from an int or an ``(h, w)`` pair."""
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise UnsupportedModelError(f"non-square image or patch size {tuple(value)} is not supported")
+        return int(value[0])
+    return int(value)
+
+
+def _vision_shape(config, text_hidden: int) -> dict[str, Any]:
+    family, vision = config.model_type, config.vision_config
     if family == "qwen2_vl":
         width = vision.embed_dim
-        shape.update(
+        full = list(range(vision.depth))
+        return dict(
             vision_kind="qwen2_vl",
-            vision_width=width,
-            vision_intermediate=int(width * vision.mlp_ratio),
-            vision_heads=vision.num_heads,
-            vision_depth=vision.depth,
-            vision_mlp="plain",
-            out_hidden=vision.hidden_size,
-            window_size=0,
-            fullatt_blocks=list(range(vision.depth)),
-        )
-    elif family == "qwen2_5_vl":
-        width = vision.hidden_size
-        shape.update(
+            **_qwen_vit(vision, width=width, intermediate=int(width * vision.mlp_ratio), mlp="plain",
+                        out=vision.hidden_size, window=0, full=full),
+        )  # fmt: skip
+    if family == "qwen2_5_vl":
+        return dict(
             vision_kind="qwen2_5_vl",
-            vision_width=width,
-            vision_intermediate=vision.intermediate_size,
-            vision_heads=vision.num_heads,
-            vision_depth=vision.depth,
-            vision_mlp="gated",
-            out_hidden=vision.out_hidden_size,
-            window_size=vision.window_size,
-            fullatt_blocks=list(vision.fullatt_block_indexes),
-        )
-    elif family == "llava_onevision":
+            **_qwen_vit(vision, width=vision.hidden_size, intermediate=vision.intermediate_size, mlp="gated",
+                        out=vision.out_hidden_size, window=vision.window_size,
+                        full=list(vision.fullatt_block_indexes)),
+        )  # fmt: skip
+    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
+        # Qwen3-VL ViT (also Qwen3.5's): 2-matrix GELU MLP, full attention within each temporal slice, no windows.
+        # A deepstack merger runs after each block listed in deepstack_visual_indexes (Qwen3.5 has none).
+        shape = dict(
+            vision_kind="qwen3_vl",
+            **_qwen_vit(vision, width=vision.hidden_size, intermediate=vision.intermediate_size, mlp="plain",
+                        out=vision.out_hidden_size, window=0, full=list(range(vision.depth))),
+        )  # fmt: skip
+        deepstack = getattr(vision, "deepstack_visual_indexes", None) or []
+        shape["deepstack_mergers"] = sum(1 for i in set(deepstack) if 0 <= i < vision.depth)
+        return shape
+    if family == "llava_onevision":
         width = vision.hidden_size
-        shape.update(
+        return dict(
             vision_kind="siglip",
             vision_width=width,
             vision_intermediate=vision.intermediate_size,
             vision_heads=vision.num_attention_heads,
             vision_depth=vision.num_hidden_layers,
             vision_mlp="plain",
-            out_hidden=text.hidden_size,
+            out_hidden=text_hidden,
             window_size=0,
             fullatt_blocks=list(range(vision.num_hidden_layers)),
             patch=vision.patch_size,
@@ -141,22 +268,105 @@ def model_shape(config) -> dict[str, Any]:
             image_size=vision.image_size,
             projector="mlp2x",
             vision_head=bool(getattr(vision, "vision_use_head", True)),  # as SiglipVisionTransformer reads it
+            vision_cls=0,
+            deepstack_mergers=0,
         )
-        return shape
-    else:
-        raise UnsupportedModelError(
-            f"no FLOPs shape for model_type {family!r}; supported: qwen2_vl, qwen2_5_vl, llava_onevision"
+    if family == "internvl":
+        # InternViT: CLS token + patches, every encoder layer runs (the selected layer is read from the captured
+        # hidden states), then pixel shuffle (merge = 1 / downsample_ratio) and LayerNorm + 2-layer MLP (mlp1).
+        width, merge = vision.hidden_size, round(1 / config.downsample_ratio)
+        return dict(
+            vision_kind="internvit",
+            vision_width=width,
+            vision_intermediate=vision.intermediate_size,
+            vision_heads=vision.num_attention_heads,
+            vision_depth=vision.num_hidden_layers,
+            vision_mlp="plain",
+            out_hidden=text_hidden,
+            window_size=0,
+            fullatt_blocks=list(range(vision.num_hidden_layers)),
+            patch=_side(vision.patch_size),
+            temporal_patch=1,
+            merge=merge,
+            merger_width=width * merge * merge,
+            image_size=_side(vision.image_size),
+            projector="mlp2x",
+            vision_head=False,
+            vision_cls=1,
+            deepstack_mergers=0,
         )
-    merge = vision.spatial_merge_size
-    shape.update(
-        patch=vision.patch_size,
-        temporal_patch=vision.temporal_patch_size,
-        merge=merge,
-        merger_width=width * merge * merge,
-        image_size=0,
-        projector="merger",
-        vision_head=False,
-    )
+    if family == "llava_next_video":
+        # CLIP: CLS token + patches through every layer (vision_feature_layer -2 is read from the captured hidden
+        # states), CLS dropped, spatial pooling (stride spatial_pool_stride), then the 2-layer projector.
+        width = vision.hidden_size
+        layers_read = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+        return dict(
+            vision_kind="clip",
+            vision_width=width,
+            vision_intermediate=vision.intermediate_size,
+            vision_heads=vision.num_attention_heads,
+            vision_depth=vision.num_hidden_layers,
+            vision_mlp="plain",
+            out_hidden=text_hidden,
+            window_size=0,
+            fullatt_blocks=list(range(vision.num_hidden_layers)),
+            patch=vision.patch_size,
+            temporal_patch=1,
+            merge=config.spatial_pool_stride,
+            pool_mode=config.spatial_pool_mode,
+            pool_out=getattr(config, "spatial_pool_out_channels", None) or width,
+            merger_width=width * layers_read,
+            image_size=vision.image_size,
+            projector="mlp2x",
+            vision_head=False,
+            vision_cls=1,
+            deepstack_mergers=0,
+        )
+    raise UnsupportedModelError(f"no FLOPs shape for model_type {family!r}; supported: {', '.join(SHAPE_FAMILIES)}")
+
+
+#: Families :func:`model_shape` knows (decoder and vision encoder).
+SHAPE_FAMILIES = (
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "llava_onevision",
+    "internvl",
+    "llava_next_video",
+)
+
+
+def model_shape(config) -> dict[str, Any]:
+    """The sizes a FLOPs count needs, read from a video-LLM config.
+
+    Returns:
+        A flat dict. Decoder (see :func:`decoder_shape`): ``family`` (the ``model_type``), ``hidden``,
+        ``intermediate`` (dense FFN width; 0 when every layer is MoE), ``layers``, ``heads``, ``kv_heads``,
+        ``head_dim``, ``vocab``, ``tied_embeddings``, ``attn_output_gate`` (Qwen3.5: ``q_proj`` also produces a
+        sigmoid output gate, doubling its width), per layer ``layer_types``, ``mlp_types`` and ``ffn_active``;
+        MoE sizes ``experts``, ``experts_per_token``, ``moe_intermediate``, ``shared_expert_intermediate`` (0 when
+        absent); Gated-DeltaNet sizes ``linear_num_key_heads``, ``linear_num_value_heads``, ``linear_key_head_dim``,
+        ``linear_value_head_dim``, ``linear_conv_kernel_dim`` (0 when the model has no linear-attention layer).
+        Vision encoder: ``vision_kind`` (``"qwen2_vl"``, ``"qwen2_5_vl"``, ``"qwen3_vl"`` -- also Qwen3.5's tower --,
+        ``"siglip"``, ``"internvit"`` or ``"clip"``), ``vision_depth``, ``vision_width``, ``vision_intermediate``,
+        ``vision_heads``, ``vision_mlp`` (``"gated"``: SwiGLU, 3 matrices; ``"plain"``: 2 matrices), ``patch``,
+        ``temporal_patch`` (1 for per-frame towers), ``merge`` (spatial merge of the Qwen merger, InternVL's pixel
+        shuffle factor, LLaVA-NeXT-Video's pooling stride; 1 for SigLIP), ``merger_width`` (input width of the
+        merger / projector), ``out_hidden`` (width fed to the LLM), ``window_size`` (pixels; 0 when every block
+        attends over the whole frame), ``fullatt_blocks``, ``image_size`` (per-frame towers' input side; 0 for
+        Qwen, whose size is dynamic), ``projector`` (``"merger"`` or ``"mlp2x"``), ``vision_head`` (SigLIP's
+        attention-pooling head runs; False for the published checkpoints), ``vision_cls`` (1 when a CLS token
+        joins the patches: InternViT, CLIP), ``deepstack_mergers`` (Qwen3-VL mergers run on intermediate blocks);
+        CLIP also ``pool_mode`` and ``pool_out``.
+
+    Raises:
+        UnsupportedModelError: a ``model_type`` outside :data:`SHAPE_FAMILIES`.
+    """
+    shape = decoder_shape(config)
+    shape.update(_vision_shape(config, shape["hidden"]))
     return shape
 
 

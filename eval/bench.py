@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 import tokpress
+from tokpress.eval.inputs import video_placeholder_id
 from tokpress.eval.methods import parse_method
 from tokpress.eval.timing import Clock, StageTimer
-from tokpress.flops import fastv_flops
 from tokpress.patches.cache_arg import output_cache
 
 logger = logging.getLogger("tokpress")
@@ -194,7 +194,7 @@ class Runner:
         model = self.work.model
         last = model.tokpress.last if hasattr(model, "tokpress") else None
         inputs, _, _ = self.work.make_inputs()
-        n_video = int((inputs["input_ids"][0] == model.config.video_token_id).sum())
+        n_video = int((inputs["input_ids"][0] == video_placeholder_id(model.config)).sum())
         seq = int(inputs["attention_mask"][0].sum())
         per_layer = last.tokens_per_layer[0] if last else [seq] * self.text_config.num_hidden_layers
         stage_names = ("video_decode", "preprocess", "vision", "compression", "prefill", "first_decode")
@@ -213,7 +213,7 @@ class Runner:
             "decode_tokens_per_s": speed,
             "peak_memory_mb": runs[-1]["peak_memory_mb"],
             "kv_cache_mb": runs[-1]["kv_cache_mb"],
-            "flops_fastv": fastv_flops(per_layer, self.text_config.hidden_size, self.text_config.intermediate_size),
+            "flops_fastv": self._fastv_flops(per_layer),
             "flops_exact": self._exact_flops(per_layer, inputs),
             "answer": self.work.decode(answer)[:80],
             "same_answer": None if self.reference is None else bool(torch.equal(answer, self.reference)),
@@ -222,17 +222,19 @@ class Runner:
         tokpress.remove(model)
         return record
 
+    def _fastv_flops(self, per_layer: list[int]) -> float:
+        """FastV-convention FLOPs with the model's per-layer widths (MoE: active experts; linear attention: state)."""
+        from tokpress.eval.flops_exact import fastv_prefill_flops
+
+        return fastv_prefill_flops(self.work.model.config, per_layer)
+
     def _exact_flops(self, per_layer: list[int], inputs: dict) -> float:
-        """Exact prefill FLOPs (decoder with GQA and gated MLP, vision encoder, lm_head) of sample 0."""
-        from tokpress.eval.flops_exact import exact_prefill_flops
+        """Exact prefill FLOPs (decoder with GQA, gated MLP / active experts / linear attention, vision encoder,
+        lm_head) of sample 0."""
+        from tokpress.eval.flops_exact import exact_prefill_flops, input_video_grid
 
         config = self.work.model.config
-        if "video_grid_thw" in inputs:
-            grid = tuple(inputs["video_grid_thw"][0].tolist())
-        else:  # LLaVA-OneVision: every frame at image_size
-            vision = config.vision_config
-            side = vision.image_size // vision.patch_size
-            grid = (inputs["pixel_values_videos"].shape[1], side, side)
+        grid = input_video_grid(config, inputs)
         return float(exact_prefill_flops(config, per_layer, video_grid=grid).total)
 
 

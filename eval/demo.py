@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 import tokpress
+from tokpress.eval.flops_exact import fastv_prefill_flops
+from tokpress.eval.inputs import video_placeholder_id
 from tokpress.eval.methods import parse_method
 from tokpress.eval.tiny import VideoSpec, moving_square_video, tiny_model
 from tokpress.eval.tiny_processor import tiny_processor
-from tokpress.flops import fastv_flops
 
 DEFAULT_METHODS = ("none", "uniform", "random", "frames", "evs", "fastv", "evs+fastv")
 
@@ -46,11 +47,9 @@ def run_demo(
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Where does it go?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[prompt], videos=[moving_square_video(spec)], return_tensors="pt")
-    n_video = int((inputs["input_ids"] == model.config.video_token_id).sum())
+    n_video = int((inputs["input_ids"] == video_placeholder_id(model.config)).sum())
     text_cfg = model.model.language_model.config
-    full_flops = fastv_flops(
-        [inputs["input_ids"].shape[1]] * text_cfg.num_hidden_layers, text_cfg.hidden_size, text_cfg.intermediate_size
-    )
+    full_flops = fastv_prefill_flops(model.config, [inputs["input_ids"].shape[1]] * text_cfg.num_hidden_layers)
     records, reference = [], None
     for spec_name in methods:
         kwargs = parse_method(spec_name)
@@ -74,8 +73,7 @@ def run_demo(
                 "into_llm": last.after_outer[0] if last else n_video,
                 "after_inner": [c[0] for c in last.after_inner] if last else [],
                 "prefill_tokens_last_layer": per_layer[-1],
-                "flops_fraction": fastv_flops(per_layer, text_cfg.hidden_size, text_cfg.intermediate_size)
-                / full_flops,
+                "flops_fraction": fastv_prefill_flops(model.config, per_layer) / full_flops,
                 "prefill_ms": prefill,
                 "generate_ms": generate_ms,
                 "compression_ms": last.compression_s * 1e3 if last else 0.0,

@@ -12,6 +12,7 @@ import torch
 
 from tokpress.errors import ConfigError
 from tokpress.eval.bench import DTYPES, BenchConfig, Workload
+from tokpress.eval.inputs import video_placeholder_id
 from tokpress.eval.video import video_metadata_kwargs
 
 DEFAULT_FRAMES = 16
@@ -187,7 +188,7 @@ def arch_workload(config: BenchConfig) -> Workload:
     inputs = synthetic_video_inputs(model.config, frames, size, size, batch=config.batch, dtype=dtype, device=device)
     env = environment(model, device, dtype, config.attn)
     env["model"] = f"{config.arch} (published config, random weights)"
-    n_video = int((inputs["input_ids"][0] == model.config.video_token_id).sum())
+    n_video = int((inputs["input_ids"][0] == video_placeholder_id(model.config)).sum())
     env["video"] = f"synthetic: {frames} frames of {size}x{size}, {n_video} video tokens"
     env["frames"] = str(frames)
 

@@ -177,3 +177,291 @@ def test_overhead_helpers_and_total():
     assert result.total == result.llm + result.overhead
     report = result.as_dict()
     assert report["total"] == result.total and len(report["llm_layers"]) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# New families: MoE, hybrid Gated-DeltaNet / attention, Qwen3-VL deepstack, InternViT, CLIP.
+# Small configs built here (real transformers classes), independent of the tiny family modules.
+
+
+def _require(model_type: str) -> None:
+    from transformers import __version__
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        pytest.skip(f"transformers {__version__} has no {model_type!r} (added in a later release)")
+
+
+_SMALL_TEXT = dict(
+    vocab_size=tiny.VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=4096,
+    pad_token_id=tiny.PAD_ID,
+)
+_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True}
+_SMALL_QWEN_VIT = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_heads=2,
+    patch_size=8,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+    out_hidden_size=64,
+    num_position_embeddings=64,
+)
+_MOE = dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=24)
+_GDN = dict(
+    layer_types=["linear_attention"] * 3 + ["full_attention"],
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=12,
+    linear_conv_kernel_dim=4,
+)
+
+
+def small_config(family: str):
+    """A small config of ``family``: 64-wide 4-layer decoder, 32-wide vision tower, the shared tiny token ids."""
+    from transformers import AutoConfig
+
+    _require(family)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        moe = family == "qwen3_vl_moe"
+        text = dict(_SMALL_TEXT, model_type=f"{family}_text", rope_parameters=dict(_MROPE, mrope_section=[2, 3, 3]))
+        if moe:  # layers 1 and 3 sparse, 0 and 2 dense
+            text.update(_MOE, decoder_sparse_step=2)
+        vision = dict(_SMALL_QWEN_VIT, depth=3, deepstack_visual_indexes=[0, 2])
+        return AutoConfig.for_model(family, text_config=text, vision_config=vision, **tiny.VISION_TOKEN_IDS)
+    if family in ("qwen3_5", "qwen3_5_moe"):
+        rope = dict(_MROPE, mrope_section=[1, 1, 0], partial_rotary_factor=0.25)
+        text = dict(_SMALL_TEXT, **_GDN, model_type=f"{family}_text", rope_parameters=rope)
+        if family == "qwen3_5_moe":  # every layer sparse, with a shared expert; no dense MLP at all
+            text.pop("intermediate_size")
+            text.update(_MOE, shared_expert_intermediate_size=40)
+        vision = dict(_SMALL_QWEN_VIT, depth=2)
+        return AutoConfig.for_model(family, text_config=text, vision_config=vision, **tiny.VISION_TOKEN_IDS)
+    if family == "internvl":
+        vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2)
+        return AutoConfig.for_model(
+            family,
+            text_config=dict(_SMALL_TEXT, model_type="qwen2"),
+            vision_config=dict(vision, image_size=56, patch_size=7),
+            image_token_id=tiny.IMAGE_ID,
+            image_seq_length=16,
+        )
+    if family == "llava_next_video":
+        vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2)
+        vision.update(model_type="clip_vision_model", image_size=56, patch_size=7, projection_dim=32)
+        return AutoConfig.for_model(
+            family,
+            text_config=dict(_SMALL_TEXT, model_type="llama"),
+            vision_config=vision,
+            image_token_index=tiny.IMAGE_ID,
+            video_token_index=tiny.VIDEO_ID,
+            image_grid_pinpoints=[[56, 56]],
+        )
+    raise ValueError(family)
+
+
+def _hybrid_shape() -> dict:
+    """A 2-layer hybrid decoder (Gated DeltaNet, then gated softmax attention), written out by hand."""
+    from transformers import Qwen3_5TextConfig
+
+    _require("qwen3_5")
+    text = Qwen3_5TextConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=1,
+        linear_num_value_heads=2,
+        linear_key_head_dim=4,
+        linear_value_head_dim=6,
+        linear_conv_kernel_dim=4,
+    )
+    return archs.decoder_shape(text)
+
+
+def test_hybrid_two_layer_decoder_counted_by_hand():
+    shape = _hybrid_shape()
+    assert shape["layer_types"] == ["linear_attention", "full_attention"] and shape["attn_output_gate"]
+    result = fe.exact_prefill_flops(shape, 10)
+    # n = 10, d = 16, MLP width 24 (3 matrices: 3*10*16*24 = 11520 MACs in both layers).
+    # Layer 0, Gated DeltaNet: 1 key head and 2 value heads, d_k = 4, d_v = 6, conv kernel 4.
+    #   conv channels q, k, v: 4 + 4 + 12 = 20; in_proj (qkv 20, z 12, b 2, a 2): 10*16*36 = 5760
+    #   conv: 10*20*4 = 800; out_proj: 10*12*16 = 1920
+    #   delta rule, 10 tokens padded to one chunk of 64, per value head:
+    #     K_beta K^T and Q K^T 2*64*64*4 = 32768; UT transform 64*63/2*(4+6) = 20160;
+    #     W S, Q S, K^T V_new 3*64*4*6 = 4608; (Q K^T) V_new 64*64*6 = 24576 -> 82112, x 2 heads = 164224
+    #   total 5760 + 800 + 1920 + 164224 + 11520 = 184224 MACs = 368448 FLOPs
+    # Layer 1, gated softmax attention (2 query heads, 1 kv head, head_dim 8):
+    #   q_proj with its output gate 10*16*(2*16) = 5120; k, v 10*16*8 = 1280 each; o 10*16*16 = 2560
+    #   causal attention 55 pairs * 2 * 16 = 1760; MLP 11520 -> 23520 MACs = 47040 FLOPs
+    # lm_head: 16*32 = 512 MACs = 1024 FLOPs
+    assert result.llm_layers == (368448.0, 47040.0)
+    assert result.lm_head == 1024.0
+    parts = fe.decoder_layer_flops(shape, 10, layer=0)
+    assert {k: v / 2 for k, v in parts.items()} == dict(
+        in_proj=5760, conv=800, delta=164224, o=1920, mlp=11520, total=184224
+    )
+    assert fe.decoder_layer_flops(shape, 10, layer=1)["q"] == 2 * 5120
+
+
+def test_gated_delta_rule_is_linear_in_chunks():
+    # one chunk holds 1..64 tokens; 65 tokens take two
+    one = fe.gated_delta_rule_macs(1, 2, 4, 6)
+    assert fe.gated_delta_rule_macs(64, 2, 4, 6) == one == 164224
+    assert fe.gated_delta_rule_macs(65, 2, 4, 6) == fe.gated_delta_rule_macs(128, 2, 4, 6) == 2 * one
+    shape = _hybrid_shape()
+    linear = [fe.decoder_layer_flops(shape, n, layer=0)["total"] for n in (640, 1280, 2560)]
+    full = [fe.decoder_layer_flops(shape, n, layer=1)["total"] for n in (640, 1280, 2560)]
+    assert linear[2] == 2 * linear[1] == 4 * linear[0]  # whole chunks: exactly linear
+    assert full[2] > 2.5 * full[1]  # the n^2 term dominates softmax attention at this width
+    with pytest.raises(ConfigError, match="out of range"):
+        fe.decoder_layer_flops(shape, 10, layer=2)
+
+
+def test_moe_layers_count_active_experts_and_router():
+    shape = archs.model_shape(small_config("qwen3_vl_moe"))
+    assert shape["mlp_types"] == ["dense", "moe", "dense", "moe"]  # decoder_sparse_step 2
+    assert shape["ffn_active"] == [96, 48, 96, 48]  # top-2 x 24
+    dense, sparse = fe.decoder_layer_flops(shape, 10, layer=0), fe.decoder_layer_flops(shape, 10, layer=1)
+    # d = 64, n = 10: dense MLP 3*10*64*96 = 184320 MACs; MoE: 2 experts x 3*10*64*24 = 92160, router 10*64*6 = 3840
+    assert (dense["mlp"], "router" in dense) == (2 * 184320, False)
+    assert (sparse["mlp"], sparse["router"]) == (2 * 92160, 2 * 3840)
+    assert sparse["q"] == dense["q"] and sparse["total"] < dense["total"]
+    shared = archs.model_shape(small_config("qwen3_5_moe"))
+    assert shared["mlp_types"] == ["moe"] * 4 and shared["intermediate"] == 0
+    parts = fe.decoder_layer_flops(shared, 10, layer=3)
+    # top-2 x 24 + shared 40 = 88 wide: 3*10*64*88 = 168960; router 6 experts + the shared expert's gate: 10*64*7
+    assert (parts["mlp"], parts["router"]) == (2 * 168960, 2 * 4480)
+
+
+def test_small_vision_towers_counted_by_hand():
+    # Qwen3-VL: width 32, MLP 48 (2 matrices), 3 blocks, patch 8, temporal patch 2, merge 2, deepstack [0, 2].
+    # Grid (2, 8, 8): 128 patches, 32 merged tokens.
+    #   patch embed 128 * (3*2*8*8 = 384) * 32 = 1572864; blocks 3 * 128 * (4*32*32 + 2*32*48) = 2752512
+    #   attention within each of the 2 slices: 2 * 64^2 = 8192 pairs, 3 blocks * 2*32*8192 = 1572864
+    #   merger + 2 deepstack mergers: 3 * 32 * (128*128 + 128*64) = 2359296   -> 8257536 MACs
+    assert fe.vision_flops(small_config("qwen3_vl"), (2, 8, 8)) == 2 * 8257536
+    # InternViT: width 32, MLP 48, 2 layers, 56 px / patch 7 = 8 x 8 patches + CLS = 65 tokens; pixel shuffle
+    # 2 -> 16 tokens of width 128, projector 128 -> 64 -> 64. One frame:
+    #   embed 64 * 3*49 * 32 = 301056; layers 2 * (65 * (4*1024 + 2*32*48) + 2*32*65^2) = 1472640
+    #   projector 16 * (128*64 + 64*64) = 196608                          -> 1970304 MACs
+    assert fe.vision_flops(small_config("internvl"), (3, 8, 8)) == 3 * 2 * 1970304
+    # CLIP: width 32, MLP 64, 3 layers, 65 tokens; average pooling stride 2 -> 16 tokens; projector 32 -> 64 -> 64
+    #   embed 301056; layers 3 * (65 * (4*1024 + 2*32*64) + 2*32*65^2) = 2408640; projector 16*(32*64+64*64) = 98304
+    assert fe.vision_flops(small_config("llava_next_video"), (1, 8, 8)) == 2 * 2808000
+
+
+@pytest.mark.parametrize(
+    "family, tokens",
+    [("qwen3_vl", 2 * 16), ("qwen3_5", 2 * 16), ("internvl", 4 * 16), ("llava_next_video", 4 * 16)],
+)
+def test_grid_and_tokens_of_the_new_families(family, tokens):
+    config = small_config(family)
+    grid = fe.patch_grid(config, 4, 64, 64)  # Qwen3: 64 px is 2 x 32-px merge units; others resize to 56 px
+    assert grid == ((2, 8, 8) if family.startswith("qwen") else (4, 8, 8))
+    assert fe.video_tokens(config, grid) == tokens
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        fe.patch_grid(small_config("qwen3_vl"), 4, 72, 64)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny tensors: on a busy machine a 2-thread pool makes the MoE experts'
+    ``index_add_`` take seconds), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "family", ["qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl", "llava_next_video"]
+)
+def test_new_families_equal_torch_flop_counter(family, one_thread):
+    """The count from the config equals FlopCounterMode on the real modules, fed by ``synthetic_video_inputs``.
+
+    Eager attention and all logits, as above. Differences the counter makes, derived here by hand:
+    transformers 5.17 computes the RoPE angles as a matmul (3 M-RoPE rows or 1, ``rotary_dim/2`` frequencies);
+    for Gated DeltaNet the counter does not see ``torch.linalg.solve_triangular`` (the UT transform, which the
+    count includes) and sees the reference conv1d's ``K-1`` extra padded outputs (which the count leaves out).
+    MoE experts run the eager implementation (the counter does not count grouped-mm kernels).
+    """
+    from tokpress.eval.inputs import synthetic_video_inputs
+
+    config = small_config(family)
+    model = archs.random_weight_model(config, "cpu", torch.float32, attn="eager").requires_grad_(False)
+    model.config._experts_implementation = "eager"
+    inputs = synthetic_video_inputs(config, 4, 64, 64, text_before=5, text_after=7, dtype=torch.float32)
+    n = inputs["input_ids"].shape[1]
+    grid = fe.input_video_grid(config, inputs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    expected = fe.exact_prefill_flops(config, n, video_grid=grid, causal=False, logits_to_keep=0)
+    shape = archs.model_shape(config)
+    correction = 0
+    if "linear_attention" in shape["layer_types"]:
+        linear_layers = shape["layer_types"].count("linear_attention")  # 3: value heads 4, d_k 8, d_v 12
+        solves = 4 * 64 * 63 // 2 * (8 + 12)  # one 64-token chunk per head
+        conv_pad = 3 * (2 * 2 * 8 + 4 * 12) * 4  # (K-1) extra outputs x 80 channels x kernel 4
+        correction = 2 * linear_layers * (conv_pad - solves)
+    rotary = shape["head_dim"] // (4 if family.startswith("qwen3_5") else 1)
+    rope = (3 if family.startswith("qwen") else 1) * 2 * (rotary // 2) * n
+    assert counter.get_total_flops() - expected.total - correction in (0, rope)
+
+
+def test_fastv_convention_uses_the_model_layers():
+    _require("qwen3_5")
+    _require("qwen3_vl_moe")
+    hybrid = archs.arch_config("qwen3.5-27b")
+    shape = archs.model_shape(hybrid)
+    tokens = [4096] * 64
+    state = 48 * 128 * 128  # 48 value heads of 128 x 128
+    by_hand = sum(
+        4 * 4096 * 5120**2 + (2 * 4096 * state if i % 4 != 3 else 2 * 4096**2 * 5120) + 2 * 4096 * 5120 * 17408
+        for i in range(64)
+    )
+    assert fe.fastv_prefill_flops(hybrid, tokens) == by_hand == fe.fastv_prefill_flops(shape, tokens)
+    moe = archs.arch_config("qwen3-vl-30b-a3b")  # top-8 x 768 = 6144 active
+    assert fe.fastv_prefill_flops(moe, [100] * 48) == fastv_flops([100] * 48, 2048, 8 * 768)
+    dense = archs.arch_config("qwen2.5-vl-7b")
+    assert fe.fastv_prefill_flops(dense, [6273] * 28) == fastv_flops([6273] * 28, 3584, 18944)
+
+
+def test_full_size_hybrid_and_moe_prefill():
+    _require("qwen3_5")
+    _require("qwen3_vl_moe")
+    n = 16384
+    hybrid = archs.model_shape(archs.arch_config("qwen3.5-27b"))
+    linear, full = fe.decoder_layer_flops(hybrid, n, layer=0), fe.decoder_layer_flops(hybrid, n, layer=3)
+    # full layer: causal attention 2 * 2 * 24*256 * n(n+1)/2 FLOPs; the linear layer's delta rule
+    # 48 heads x n x (2*64*128 + 63*256/2 + 3*128*128 + 64*128) MACs = 48 * n * 82256
+    assert full["attn"] == 2 * 2 * 6144 * n * (n + 1) // 2
+    assert linear["delta"] == 2 * 48 * n * (2 * 64 * 128 + 63 * 256 // 2 + 3 * 128 * 128 + 64 * 128)
+    assert linear["delta"] < full["attn"] / 10
+    moe = archs.model_shape(archs.arch_config("qwen3-vl-30b-a3b"))
+    parts = fe.decoder_layer_flops(moe, n, layer=0)
+    assert parts["mlp"] == 2 * 3 * n * 2048 * 8 * 768 and parts["router"] == 2 * n * 2048 * 128
+
+
+def test_qwen3_vl_8b_vision_of_a_16_frame_448px_video():
+    _require("qwen3_vl")
+    config = archs.arch_config("qwen3-vl-8b")
+    grid = fe.patch_grid(config, frames=16, height=448, width=448)
+    assert grid == (8, 28, 28)  # patch 16: 448 / 16 = 28
+    assert fe.video_tokens(config, grid) == 8 * 196
+    # 6272 patches through 27 blocks of (4*1152^2 + 2*1152*4304) = 15.22M MACs: 2 * 6272 * 27 * 15.22M = 5.16 T;
+    # attention 2 * 2 * 1152 * 27 * 8 * 784^2 = 0.61 T; 4 mergers (1 + 3 deepstack) on 1568 tokens:
+    # 2 * 4 * 1568 * (4608^2 + 4608*4096) = 0.50 T; patch embed 2 * 6272 * 1536 * 1152 = 0.02 T -> about 6.3 T
+    assert 6.2e12 < fe.vision_flops(config, grid) < 6.4e12
