@@ -14,3 +14,5 @@ common=(--random-weights --device cuda --dtype bf16 --attn sdpa --ratios 0.5,0.2
 tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --out "$out/gpu-llava-onevision-7b-32f"
 # Qwen2.5-VL-7B, 64 frames of 448x448 = 32 x 16 x 16 = 8192 video tokens
 tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]}" --out "$out/gpu-qwen2.5-vl-7b-64f"
+# Qwen3-VL-8B, 64 frames of 512x512 = 32 blocks x 16 x 16 = 8192 video tokens (+ 32 timestamps; deepstack) — issue 12
+tokpress bench --arch qwen3-vl-8b --frames 64 --size 512 "${common[@]}" --out "$out/gpu-qwen3-vl-8b-64f"
