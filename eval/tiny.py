@@ -31,6 +31,9 @@ FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 MODULE_FAMILIES = ("qwen3_vl", "qwen3_5", "internvl", "llava_next_video")
 #: Every family with a tiny model.
 ALL_FAMILIES = FAMILIES + MODULE_FAMILIES
+#: Mixture-of-experts variants (``tokpress.eval.tiny_<family>`` too): the dense family's layout and adapter with
+#: a sparse MLP; the invariant matrix runs a subset of methods on them.
+MOE_FAMILIES = ("qwen3_vl_moe", "qwen3_5_moe")
 
 _TEXT = dict(
     vocab_size=VOCAB,
@@ -112,14 +115,14 @@ def family_module(family: str):
     """
     import importlib
 
-    if family not in MODULE_FAMILIES:
-        raise ValueError(f"{family!r} has no tiny module; those that do: {MODULE_FAMILIES}")
+    if family not in MODULE_FAMILIES + MOE_FAMILIES:
+        raise ValueError(f"{family!r} has no tiny module; those that do: {MODULE_FAMILIES + MOE_FAMILIES}")
     return importlib.import_module(f"tokpress.eval.tiny_{family}")
 
 
 def tiny_config(family: str):
     """The config of a tiny model of ``family`` (one of :data:`ALL_FAMILIES`)."""
-    if family in MODULE_FAMILIES:
+    if family in MODULE_FAMILIES + MOE_FAMILIES:
         return family_module(family).config()
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {ALL_FAMILIES}")
@@ -195,7 +198,7 @@ def make_inputs(
     Returns:
         ``input_ids`` [B, L], ``attention_mask`` [B, L] and the family's vision inputs.
     """
-    if family in MODULE_FAMILIES:
+    if family in MODULE_FAMILIES + MOE_FAMILIES:
         video_kw = {} if video is None else {"video": video}
         return family_module(family).make_inputs(
             prompts, **video_kw, with_image=with_image, with_video=with_video, seed=seed, dtype=dtype

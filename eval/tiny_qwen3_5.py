@@ -29,10 +29,12 @@ def text_config(layer_types: list[str] | None = None) -> dict:
         "mrope_interleaved": True,
         "partial_rotary_factor": 0.5,  # the real models rotate a quarter of each head; the rest passes through
     }
+    types = list(layer_types or LAYER_TYPES)
     return dict(
         _qwen3_vl.text_config(),
         rope_parameters=rope,
-        layer_types=list(layer_types or LAYER_TYPES),
+        num_hidden_layers=len(types),
+        layer_types=types,
         linear_conv_kernel_dim=4,
         linear_key_head_dim=8,
         linear_value_head_dim=8,
@@ -45,9 +47,10 @@ def config(model_type: str = "qwen3_5", layer_types: list[str] | None = None):
     from transformers import AutoConfig
 
     vision = {k: v for k, v in _qwen3_vl.vision_config().items() if k != "deepstack_visual_indexes"}
+    moe = dict(_qwen3_vl.MOE, shared_expert_intermediate_size=32) if model_type.endswith("_moe") else {}
     return AutoConfig.for_model(
         model_type,
-        text_config=text_config(layer_types),
+        text_config=dict(text_config(layer_types), **moe),
         vision_config=vision,
         **VISION_TOKEN_IDS,
         tie_word_embeddings=False,

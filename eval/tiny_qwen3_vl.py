@@ -54,12 +54,17 @@ def text_config() -> dict:
     return dict(_TEXT, head_dim=16, rope_parameters=rope)
 
 
+#: the sparse MLP of the tiny MoE variants: 4 experts of width 32, 2 per token
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+
 def config(model_type: str = "qwen3_vl"):
     from transformers import AutoConfig
 
+    moe = MOE if model_type.endswith("_moe") else {}
     return AutoConfig.for_model(
         model_type,
-        text_config=text_config(),
+        text_config=dict(text_config(), **moe),
         vision_config=vision_config(),
         **VISION_TOKEN_IDS,
         tie_word_embeddings=False,

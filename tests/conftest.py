@@ -42,7 +42,7 @@ def _no_grad():
 
 def batch_inputs(family: str, **kwargs):
     """A left-padded batch of two prompts; for Qwen the two videos differ in size (ragged kept counts)."""
-    if family in tiny.MODULE_FAMILIES:
+    if family in tiny.MODULE_FAMILIES + tiny.MOE_FAMILIES:
         return tiny.family_module(family).batch_inputs(**kwargs)
     if family == "llava_onevision":
         video = tiny.VideoSpec(frames=8)
@@ -53,7 +53,7 @@ def batch_inputs(family: str, **kwargs):
 
 def sample_inputs(inputs: dict[str, torch.Tensor], family: str, b: int) -> dict[str, torch.Tensor]:
     """Sample ``b`` of a batch from :func:`batch_inputs`, alone and without padding."""
-    if family in tiny.MODULE_FAMILIES:
+    if family in tiny.MODULE_FAMILIES + tiny.MOE_FAMILIES:
         return tiny.family_module(family).sample_inputs(inputs, b)
     keep = inputs["attention_mask"][b].bool()
     names = ("input_ids", "attention_mask", "mm_token_type_ids")

@@ -93,3 +93,14 @@ def test_second_turn_on_the_cache_equals_the_whole_conversation(get_model, metho
     cached = model.generate(**follow, past_key_values=first.past_key_values, max_new_tokens=3, **GEN)
     fresh = model.generate(**second, max_new_tokens=3, **GEN)
     assert torch.equal(cached[:, -3:], fresh[:, -3:])
+
+
+def test_a_default_inner_layer_without_scores_moves_to_the_first_with_them():
+    """FastV's default K = 2 has only linear layers before it on the real layout (3 linear, then attention): the
+    stage moves to K = 4, FastV's rule for the first attention layer; an explicit K = 2 is refused."""
+    model = _model(["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 2)
+    tokpress.apply(model, method="fastv", retain_ratio=0.5)
+    assert [s.layer for s in model.tokpress.config.inner] == [4]
+    assert model.tokpress.captures[0].attention is model.model.language_model.layers[3].self_attn
+    with pytest.raises(tokpress.TokpressError, match="use inner_layer=4 or later"):
+        tokpress.apply(model, method="fastv", inner_layer=2, retain_ratio=0.5)

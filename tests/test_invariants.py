@@ -45,7 +45,10 @@ METHODS = {
 # eager attention weights and cache lengths in test_engine_features.py.
 CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid"}
 RATIO = 0.25
+# the MoE variants share their dense family's adapter and layout: a merging outer, an inner and a two-stage method
+MOE_METHODS = ("holitom", "fastv", "uniform+fastv", "flashvid")
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
+CASES += [(f, "sdpa", m) for f in tiny.MOE_FAMILIES for m in MOE_METHODS]
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4
 # the random tiny models may sample a placeholder id; a no-cache recompute would then read it as an image/video token
@@ -63,7 +66,7 @@ def _apply(model, method: str, ratio: float = RATIO):
 
 def _video_grid_tokens(inputs, family: str) -> list[int]:
     """Per sample: its video's grid tokens (LLaVA-OV's newline excluded)."""
-    if family in tiny.MODULE_FAMILIES:
+    if family in tiny.MODULE_FAMILIES + tiny.MOE_FAMILIES:
         return tiny.family_module(family).grid_tokens(inputs)
     n = (inputs["input_ids"] == tiny.VIDEO_ID).sum(1)
     return (n - 1 if family == "llava_onevision" else n).tolist()
@@ -71,7 +74,7 @@ def _video_grid_tokens(inputs, family: str) -> list[int]:
 
 def _extra(family: str) -> int:
     """Protected video tokens per video (LLaVA-OV's newline)."""
-    if family in tiny.MODULE_FAMILIES:
+    if family in tiny.MODULE_FAMILIES + tiny.MOE_FAMILIES:
         return tiny.family_module(family).EXTRA
     return 1 if family == "llava_onevision" else 0
 

@@ -102,6 +102,22 @@ def apply(
             f"inner stages need full-attention layers, but layers {sliding} use sliding "
             "windows; use an outer policy only"
         )
+    moved = _default_layer_on_hybrid(adapter, cfg) if inner_layer is None else None
+    if moved is not None:  # the policy's default layer has no attention layer before it (Qwen3.5): the next one
+        logger.info("tokpress: inner stage moved from layer %d to %d (first with attention scores)", *moved)
+        cfg = build_config(
+            method,
+            num_layers=adapter.num_layers,
+            outer=outer,
+            inner=inner,
+            retain_ratio=retain_ratio,
+            outer_ratio=outer_ratio,
+            inner_ratio=inner_ratio,
+            inner_layer=moved[1],
+            outer_options=outer_options,
+            inner_options=inner_options,
+            **options,
+        )
     _check_score_layers(adapter, cfg)
     engine = Engine(model, adapter, cfg)
     if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
@@ -114,6 +130,18 @@ def apply(
     model.tokpress = engine
     logger.info("tokpress: applied %s", cfg)
     return model
+
+
+def _default_layer_on_hybrid(adapter, cfg) -> tuple[int, int] | None:
+    """``(default layer, first later layer with an attention layer before it)`` when a single attention-ranked
+    inner stage sits, by default, where no attention layer precedes it; ``None`` otherwise."""
+    if len(cfg.inner) != 1 or not get_policy("inner", cfg.inner[0].policy).needs_attention:
+        return None
+    layer = cfg.inner[0].layer
+    if adapter.score_layer(layer) is not None:
+        return None
+    later = [k for k in range(layer + 1, adapter.num_layers) if adapter.score_layer(k) is not None]
+    return (layer, later[0]) if later else None
 
 
 def _check_score_layers(adapter, cfg) -> None:

@@ -21,7 +21,10 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what t
 
 @app.command()
 def demo(
-    family: str = typer.Option("qwen2_5_vl", help="Built-in tiny model: qwen2_vl, qwen2_5_vl or llava_onevision."),
+    family: str = typer.Option(
+        "qwen2_5_vl",
+        help="Tiny model: qwen2_vl, qwen2_5_vl, qwen3_vl, qwen3_5, llava_onevision, llava_next_video, internvl.",
+    ),
     methods: str = typer.Option(
         ",".join(__import__("tokpress.eval.demo", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, a method, or outer+inner.",
