@@ -199,3 +199,45 @@ def test_beams_repeat_samples_and_still_find_each_video(get_model):
     out = model.generate(**inputs, max_new_tokens=2, num_beams=2, num_return_sequences=2, do_sample=False)
     assert out.shape[0] == 4
     assert model.tokpress.last.after_outer == [16, 16, 4, 4]  # 64 and 16 video tokens, each sample twice
+
+
+def test_inner_stage_in_deepstack_layers_matches_a_layer_by_layer_reference(get_model):
+    """A fixed inner stage at layer 1 (deepstack still writes after layers 0 and 1) == the unpatched layers run one
+    by one: layer 0 and its deepstack rows on the whole prompt, then the kept rows only, with the kept tokens'
+    deepstack rows added after layer 1."""
+    from transformers.masking_utils import create_causal_mask
+
+    from tokpress.patches.cache_arg import CACHE_KWARG
+
+    model = get_model("qwen3_vl")
+    inputs = tiny_qwen3_vl.make_inputs(video=VideoSpec(frames=4, height=128, width=64))  # 16 video tokens
+    seen = _lm_kwargs(model, inputs)
+    kept_ordinals = list(range(0, 16, 2))
+    tokpress.apply(model, inner="fixed", inner_layer=1, retain_ratio=0.5, inner_options={"keep": [kept_ordinals]})
+    got = model(**inputs).logits[0, -1]
+    tokpress.remove(model)
+
+    lm = model.model.language_model
+    emb, pos, mask2d = seen["inputs_embeds"], seen["position_ids"], seen["attention_mask"]
+    text_pos, rope_pos = (pos[0], pos[1:]) if pos.shape[0] == 4 else (None, pos)
+    cos, sin = lm.rotary_emb(emb, rope_pos)
+    vmask, rows = seen[MASK_KWARG], seen[EMBEDS_KWARG]
+
+    def layer(i, h, keep):
+        m = create_causal_mask(
+            config=lm.config, inputs_embeds=h, attention_mask=mask2d[:, keep], **{CACHE_KWARG: None}, position_ids=None
+        )
+        return lm.layers[i](h, attention_mask=m, position_embeddings=(cos[:, keep], sin[:, keep]))
+
+    everything = torch.ones(emb.shape[1], dtype=torch.bool)
+    h = lm._deepstack_process(layer(0, emb, everything), vmask, rows[0])
+    video_at = (inputs["input_ids"][0] == VIDEO_ID).nonzero().squeeze(1)
+    keep = everything.clone()
+    keep[video_at] = False
+    keep[video_at[kept_ordinals]] = True
+    h = h[:, keep]
+    h = lm._deepstack_process(layer(1, h, keep), vmask[:, keep], rows[1][kept_ordinals])
+    for i in (2, 3):
+        h = layer(i, h, keep)
+    want = model.lm_head(lm.norm(h))[0, -1]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
