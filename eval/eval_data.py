@@ -62,6 +62,10 @@ def _strip_letter(option: str) -> str:
     return match.group(1).strip() if match else option.strip()
 
 
+#: the task family of local samples whose annotation names none (``"all"`` is the pooled summary's)
+UNTAGGED = "untagged"
+
+
 def local_samples(path: str | Path, n: int | None = None) -> list[EvalSample]:
     """Samples of a local dataset folder (``annotations.jsonl`` + videos), first ``n`` in file order.
 
@@ -88,10 +92,13 @@ def local_samples(path: str | Path, n: int | None = None) -> list[EvalSample]:
             else:
                 raise InputError(f"{root}: annotation {i}: answer {given!r} is neither a letter nor an option")
         video = Path(rec["video"])
+        task = str(rec.get("task") or rec.get("task_type") or UNTAGGED)
+        if task == "all":
+            raise InputError(f"{root}: annotation {i}: task 'all' is reserved for the pooled summary; rename it")
         out.append(
             EvalSample(
                 sample_id=str(rec.get("question_id") or f"{rec.get('video_id', video.stem)}_{i}"),
-                task=str(rec.get("task") or rec.get("task_type") or "all"),
+                task=task,
                 question=str(rec["question"]),
                 options=options,
                 answer=int(answer),
@@ -137,6 +144,14 @@ def encode_answers(tokenizer: Any, texts: Sequence[str], append_eos: bool) -> li
             raise InputError(f"option {text!r} encodes to no tokens")
         out.append(ids)
     return out
+
+
+def first_answer(text: str) -> str:
+    """The answer a generated ``text`` gives: its first line up to the first sentence end, lower-cased, without
+    punctuation or surrounding space (``"Red.\nThe square moves"`` -> ``"red"``). Two generations agree when these
+    are equal, whatever they ramble on about after it."""
+    first = re.split(r"[\n.!?]", text.strip(), maxsplit=1)[0]
+    return re.sub(r"[^\w\s-]", "", first.lower()).strip()
 
 
 def match_answer(text: str, options: Sequence[str], answer_format: str = "word") -> int:

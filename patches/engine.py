@@ -15,6 +15,7 @@ Per-prompt facts live in a :class:`~tokpress.patches.session.Chunk` (one forward
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
 import weakref
@@ -59,6 +60,7 @@ class Engine:
         self.vision: VisionAttention | None = None
         self.runner = InnerRunner(self)
         self._handles: list = []
+        self._generate = None  # the model's generate(), wrapped to refuse assisted decoding
         self.chunk: Chunk | None = None
 
     def __repr__(self) -> str:
@@ -67,7 +69,9 @@ class Engine:
     # ---- install / remove -------------------------------------------------------------------------------------
     def install(self) -> None:
         a = self.adapter
+        self._wrap_generate()
         self._handles += [
+            self.model.register_forward_pre_hook(self._refuse_labels, with_kwargs=True),
             a.base.register_forward_pre_hook(self._on_base, with_kwargs=True),
             a.base.register_forward_hook(self._after_base),
             a.language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True),
@@ -98,7 +102,40 @@ class Engine:
         if self.vision is not None:
             self.vision.remove()
             self.vision = None
+        if self.model.__dict__.get("generate") is self._generate:
+            del self.model.generate
         self.chunk = None
+
+    #: ``generate()`` arguments that draft and verify several tokens per step and crop the cache back
+    ASSISTED = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+    def _wrap_generate(self) -> None:
+        """Refuse assisted decoding up front: it crops the KV cache to the verified tokens, which a compressed cache
+        (shorter than the conversation) cannot follow."""
+        original = self.model.generate
+
+        @functools.wraps(original)
+        def generate(*args, **kwargs):
+            given = [k for k in self.ASSISTED if kwargs.get(k) is not None]
+            if given:
+                raise InputError(
+                    f"tokpress does not support assisted decoding ({', '.join(given)}) on a compressed cache; "
+                    "tokpress.remove(model) first, or generate without it"
+                )
+            return original(*args, **kwargs)
+
+        self._generate = self.model.generate = generate
+
+    def _refuse_labels(self, module, args, kwargs):
+        """Refuse a loss on compressed inputs: the logits are shorter than ``labels``."""
+        if kwargs.get("labels") is not None and (
+            has_video_inputs(kwargs, self.adapter.frames_modality) or kwargs.get("mm_encoder_outputs") is not None
+        ):
+            raise InputError(
+                "tokpress drops video tokens, so the logits no longer line up with `labels`: it is for inference; "
+                "tokpress.remove(model) (or `with tokpress.compressed(...)` around inference only) before training"
+            )
+        return None
 
     def _drop_layer_positions(self, module, args, kwargs):
         """Decoder layers use ``position_ids`` only for flash-attention's packed-sequence detection; after

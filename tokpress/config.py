@@ -9,6 +9,7 @@ surviving past layer K for an inner one). ``retain_ratio`` is the default of eve
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,11 +66,21 @@ def budget(ratio: float, n: int) -> int:
     return min(n, max(1, math.floor(ratio * n + 0.5)))
 
 
-def _check_ratio(name: str, value: float | None) -> None:
+def _as_ratio(name: str, value: Any) -> float | None:
+    """``value`` as a float ratio in (0, 1] (``None`` stays ``None``).
+
+    Any real number is accepted — a Python or NumPy scalar, or a one-element tensor / array (``.item()``).
+    """
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (bool, int, float)):
+        try:
+            value = value.item()  # NumPy scalars, one-element arrays and tensors (more elements raise: kept as is)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= 1:
         raise ConfigError(f"{name} must be a number in (0, 1], got {value!r} (1 keeps every token)")
+    return float(value)
 
 
 def _make_options(stage: str, policy: str, options: dict[str, Any]) -> PolicyConfig:
@@ -131,8 +142,9 @@ def build_config(
         raise ConfigError(
             "nothing to do: name a method, e.g. apply(model, 'fastv', retain_ratio=0.25), or outer=/inner= policies"
         )
-    for name, value in (("retain_ratio", retain_ratio), ("outer_ratio", outer_ratio), ("inner_ratio", inner_ratio)):
-        _check_ratio(name, value)
+    retain_ratio = _as_ratio("retain_ratio", retain_ratio)
+    outer_ratio = _as_ratio("outer_ratio", outer_ratio)
+    inner_ratio = _as_ratio("inner_ratio", inner_ratio)
     if outer is None and (outer_ratio is not None or outer_options):
         raise ConfigError("outer_ratio/outer_options given but no outer policy; pass outer=... or drop them")
     if inner is None and (inner_ratio is not None or inner_layer is not None or inner_options):
