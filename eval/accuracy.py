@@ -62,10 +62,20 @@ import numpy as np
 import torch
 
 import tokpress
-from tokpress.errors import ConfigError
 from tokpress.eval.eval_data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
 from tokpress.eval.flops_exact import fastv_prefill_flops
-from tokpress.eval.methods import parse_method
+from tokpress.eval.methods import (
+    check_attn,
+    check_count,
+    check_device,
+    check_frames_fps,
+    check_methods,
+    check_model_path,
+    check_ratios,
+    check_writable,
+    option_error,
+    parse_method,
+)
 from tokpress.eval.scoring import (
     Prepared,
     _device_dtype,
@@ -130,23 +140,40 @@ class EvalConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def validate(self) -> None:
-        """Raise :class:`~tokpress.errors.ConfigError` naming the bad field."""
+        """Check every option before a model or video is loaded; raise :class:`~tokpress.errors.ConfigError` naming
+        the field (its ``field`` attribute; the command line names the flag, e.g. ``--ratios``).
+
+        ``n`` counts for every benchmark: synth videos generated, or a local dataset's first ``n`` questions
+        (None: the default 40 synth videos, or a whole local dataset); 0 or less is refused. ``frames`` and ``fps``
+        exclude each other.
+        """
+        from tokpress.eval.bench import DTYPES
+
         if self.answer_format not in ANSWER_FORMATS:
-            raise ConfigError(f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}")
+            raise option_error(
+                "answer_format", f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}"
+            )
         if self.scoring not in SCORINGS:
-            raise ConfigError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+            raise option_error("scoring", f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if self.normalize not in NORMALIZATIONS:
-            raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
-        if self.batch < 1:
-            raise ConfigError(f"batch must be >= 1, got {self.batch}")
-        if self.n is not None and self.n < 1:
-            raise ConfigError(f"n must be >= 1 (or None for a whole local dataset), got {self.n}")
-        if not self.ratios or any(not 0 < r <= 1 for r in self.ratios):
-            raise ConfigError(f"ratios must be in (0, 1], got {self.ratios}")
-        if not 0 < self.alpha < 1 or self.n_boot < 1:
-            raise ConfigError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={self.alpha}, n_boot={self.n_boot}")
-        for method in self.methods:
-            parse_method(method)  # raises with the list of methods
+            raise option_error("normalize", f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        for name in ("batch", "n", "n_boot", "max_new_tokens"):
+            check_count(name, getattr(self, name), 1)
+        self.ratios = check_ratios(self.ratios)
+        if not 0 < self.alpha < 1:
+            raise option_error("alpha", f"alpha must be in (0, 1), got {self.alpha}")
+        check_methods(self.methods)
+        check_frames_fps(self.frames, self.fps)
+        check_device(self.device, self.dtype, tuple(DTYPES))
+        check_attn(self.attn)
+        if self.model != TINY_MODEL:
+            check_model_path(self.model)
+        if self.benchmark != "synth" and not (Path(self.benchmark) / "annotations.jsonl").is_file():
+            raise option_error(
+                "benchmark",
+                f"benchmark {self.benchmark!r} is neither 'synth' nor a folder with annotations.jsonl "
+                "(the layout tokpress.eval.synth.export_split writes)",
+            )
 
 
 def eval_plan(config: EvalConfig) -> list[tuple[str, float]]:
@@ -374,7 +401,7 @@ def summarize(
     mean of the per-task accuracies.
     """
     rows = [r for r in samples if r.get("kind", "sample") == "sample"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows if r["task"] != "all"))  # "all": the pooled row only
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["method"], float(r["ratio"])), []).append(r)
@@ -447,6 +474,7 @@ def make_eval_workload(config: EvalConfig) -> EvalWorkload:
     is installed, else the built-in tiny random-weight Qwen2.5-VL (the report then says so)."""
     from tokpress.eval.workloads import environment, resolve_device
 
+    config.validate()
     device, dtype = resolve_device(config)  # reads .device and .dtype only
     path = config.model
     if path is None and (SHIPPED_MODEL / "config.json").is_file():
@@ -497,6 +525,8 @@ def evaluate(
 
     config = config or EvalConfig()
     config.validate()
+    if out is not None:
+        check_writable(out)  # before the run: results are never lost to an unwritable folder
     work = work or make_eval_workload(config)
     records = run_eval(config, work, progress)
     if out is None:

@@ -27,7 +27,17 @@ import torch
 
 import tokpress
 from tokpress.eval.inputs import video_placeholder_id
-from tokpress.eval.methods import parse_method
+from tokpress.eval.methods import (
+    check_attn,
+    check_count,
+    check_device,
+    check_frames_fps,
+    check_methods,
+    check_model_path,
+    check_ratios,
+    option_error,
+    parse_method,
+)
 from tokpress.eval.timing import Clock, StageTimer
 from tokpress.patches.cache_arg import output_cache
 
@@ -53,6 +63,8 @@ DEFAULT_METHODS = (
     "framefusion",
     "sttm",
 )
+#: Frames sampled from a user's ``video`` when neither ``frames`` nor ``fps`` is given (fewer for a shorter clip).
+USER_VIDEO_FRAMES = 32
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -77,6 +89,62 @@ class BenchConfig:
     max_new_tokens: int = 16
     oracle: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Check every option before a model or video is loaded; raise :class:`~tokpress.errors.ConfigError` naming
+        the field (its ``field`` attribute; the command line names the flag, e.g. ``--ratios``).
+
+        Frame sampling: ``frames`` (a count) and ``fps`` exclude each other. A ``video`` with fewer frames than an
+        explicit ``frames`` is refused; with neither given, a user's video gives at most
+        :data:`USER_VIDEO_FRAMES` frames (all of a shorter clip, logged).
+        """
+        if self.model and self.arch:
+            raise option_error("arch", "pass either --model or --arch, not both")
+        check_methods(self.methods)
+        self.ratios = check_ratios(self.ratios)
+        for name, minimum in (("repeats", 1), ("warmup", 0), ("batch", 1), ("max_new_tokens", 1)):
+            check_count(name, getattr(self, name), minimum)
+        check_frames_fps(self.frames, self.fps)
+        check_device(self.device, self.dtype, tuple(DTYPES))
+        check_attn(self.attn)
+        check_model_path(self.model)
+        check_count("size", self.extra.get("size"), 1)
+        if self.video is not None:
+            self._check_video()
+        elif self.model is None and self.arch is None and self.frames is not None:
+            self._check_synth_frames()
+
+    def _check_synth_frames(self) -> None:
+        """The default bench on the shipped model samples a synth test video: at most its frame count."""
+        from tokpress.eval.accuracy import SHIPPED_MODEL
+        from tokpress.eval.synth import SynthConfig
+
+        total = SynthConfig().frames
+        if (SHIPPED_MODEL / "config.json").is_file() and self.frames > total:
+            raise option_error(
+                "frames",
+                f"--frames {self.frames} but the default synth video has {total} frames: pass --frames {total} or "
+                "fewer, or give a --video",
+            )
+
+    def _check_video(self) -> None:
+        from pathlib import Path
+
+        from tokpress.errors import InputError
+        from tokpress.eval.workloads import video_frame_count
+
+        if not Path(self.video).is_file():
+            raise option_error("video", f"video file not found: {self.video!r} (check the path)")
+        try:
+            total = video_frame_count(self.video)
+        except InputError as exc:
+            raise option_error("video", str(exc)) from None
+        if self.frames is not None and self.frames > total:
+            raise option_error(
+                "frames",
+                f"--frames {self.frames} but {self.video} has only {total} frame(s): pass --frames {total} or fewer, "
+                "or leave --frames out to use them all",
+            )
 
 
 @dataclass
@@ -216,11 +284,18 @@ class Runner:
             "flops_fastv": self._fastv_flops(per_layer),
             "flops_exact": self._exact_flops(per_layer, inputs),
             "answer": self.work.decode(answer)[:80],
-            "same_answer": None if self.reference is None else bool(torch.equal(answer, self.reference)),
+            "same_answer": None if self.reference is None else self._same_answer(answer),
             "repeats": self.config.repeats,
         }
         tokpress.remove(model)
         return record
+
+    def _same_answer(self, answer: torch.Tensor) -> bool:
+        """Whether ``answer`` gives the uncompressed model's answer (:func:`~tokpress.eval.eval_data.first_answer`:
+        the first sentence, not every generated token)."""
+        from tokpress.eval.eval_data import first_answer
+
+        return first_answer(self.work.decode(answer)) == first_answer(self.work.decode(self.reference))
 
     def _fastv_flops(self, per_layer: list[int]) -> float:
         """FastV-convention FLOPs with the model's per-layer widths (MoE: active experts; linear attention: state)."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tokpress.errors import ConfigError
@@ -31,3 +35,136 @@ def parse_method(spec: str) -> dict[str, Any] | None:
 def parse_list(text: str) -> list[str]:
     """Split a comma-separated option value."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# ------------------------------------------------------------------------------------------- option checks
+#
+# Shared by :meth:`BenchConfig.validate <tokpress.eval.bench.BenchConfig.validate>` and
+# :meth:`EvalConfig.validate <tokpress.eval.accuracy.EvalConfig.validate>`: every check runs before a model or a
+# video is loaded. A failed check raises :class:`ConfigError` whose ``field`` attribute names the config field, so
+# the command line can name its flag (``ratios`` -> ``--ratios``).
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+#: Methods the command line cannot run: they need arguments only Python can give.
+PYTHON_ONLY_METHODS = {"fixed": "it replays index lists given as outer_options={'keep': ...} / inner_options"}
+
+
+def option_error(field: str, message: str) -> ConfigError:
+    """A :class:`ConfigError` about config field ``field`` (its flag is ``--`` + the field with ``-`` for ``_``)."""
+    error = ConfigError(message)
+    error.field = field  # type: ignore[attr-defined]
+    return error
+
+
+def check_methods(methods: Sequence[str], field: str = "methods") -> None:
+    """Every spec parses, none needs Python-only arguments, and there is at least one."""
+    if not [m for m in methods if m.strip()]:
+        raise option_error(field, "methods is empty: give at least one, e.g. none,fastv (see `tokpress methods`)")
+    for spec in methods:
+        try:
+            kwargs = parse_method(spec)
+        except ConfigError as exc:
+            raise option_error(field, str(exc)) from None
+        names = set((kwargs or {}).values())
+        for name, why in PYTHON_ONLY_METHODS.items():
+            if name in names:
+                raise option_error(
+                    field,
+                    f"method {spec!r} cannot run here: {why}; use it from Python "
+                    f"(tokpress.apply(model, outer={name!r}, outer_options=...))",
+                )
+
+
+def check_ratios(ratios: Sequence[Any], field: str = "ratios") -> tuple[float, ...]:
+    """The ratios as floats; each finite and in (0, 1] (numpy scalars and 0-d tensors are accepted)."""
+    if not len(ratios):
+        raise option_error(field, "ratios is empty: give retain ratios in (0, 1], e.g. 0.5,0.25")
+    out = []
+    for r in ratios:
+        try:
+            value = float(r)
+        except (TypeError, ValueError):
+            raise option_error(field, f"ratios must be numbers in (0, 1], got {r!r}") from None
+        if not math.isfinite(value) or not 0 < value <= 1:
+            raise option_error(field, f"ratios must be in (0, 1] (the fraction of video tokens kept), got {r!r}")
+        out.append(value)
+    return tuple(out)
+
+
+def check_count(field: str, value: int | None, minimum: int = 1) -> None:
+    """``value`` is None or an integer >= ``minimum``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise option_error(field, f"{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_frames_fps(frames: int | None, fps: float | None) -> None:
+    """Frame sampling: ``frames`` (a count) or ``fps`` (per second of video), never both."""
+    check_count("frames", frames)
+    if fps is not None and (not math.isfinite(float(fps)) or fps <= 0):
+        raise option_error("fps", f"fps must be > 0 (frames per second of video), got {fps!r}")
+    if frames is not None and fps is not None:
+        raise option_error(
+            "fps",
+            "give --frames or --fps, not both: drop --fps to sample a fixed number of frames, "
+            "or drop --frames to sample per second of video",
+        )
+
+
+def check_device(device: str | None, dtype: str | None, dtypes: Sequence[str]) -> None:
+    """``device`` is cpu, cuda, cuda:N or mps and is available; ``dtype`` one of ``dtypes``."""
+    import torch
+
+    if dtype is not None and dtype not in dtypes:
+        raise option_error("dtype", f"dtype must be one of {', '.join(dtypes)}, got {dtype!r}")
+    if device is None:
+        return
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise option_error("device", f"device must be cpu, cuda, cuda:N or mps, got {device!r}")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise option_error("device", f"device {device!r}: no CUDA device is visible; use --device cpu")
+        if index and int(index) >= count:
+            raise option_error("device", f"device {device!r}: only {count} CUDA device(s) visible (cuda:0..)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise option_error("device", "device 'mps': MPS is not available here; use --device cpu")
+
+
+def check_attn(attn: str) -> None:
+    """A known attention implementation; flash_attention_2 only when flash-attn is installed."""
+    import importlib.util
+
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise option_error("attn", f"attn must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {attn!r}")
+    if attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise option_error(
+            "attn", "attn flash_attention_2 needs the flash-attn package (pip install 'tokpress[flash]'); use sdpa"
+        )
+
+
+def looks_local(path: str) -> bool:
+    """A model argument meant as a local path (not a hub id): starts with ``.``, ``/`` or ``~``, or exists."""
+    return path.startswith((".", "/", "~")) or Path(path).expanduser().exists()
+
+
+def check_model_path(model: str | None, field: str = "model") -> None:
+    """A local-looking model path must be an existing folder."""
+    if model and looks_local(model) and not Path(model).expanduser().is_dir():
+        raise option_error(field, f"model {model!r} is not an existing folder: check the path (or give a hub id)")
+
+
+def check_writable(out: str | Path, field: str = "out") -> Path:
+    """Create ``out`` and write + delete a probe file in it, so a run never ends unable to save its results."""
+    folder = Path(out).expanduser()
+    probe = folder / f".tokpress-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise option_error(field, f"output folder {str(out)!r} is not writable ({reason}): choose another") from None
+    return folder

@@ -3,6 +3,7 @@ weights, or a user's checkpoint and video."""
 
 from __future__ import annotations
 
+import logging
 import platform
 import tempfile
 import time
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import torch
 
-from tokpress.errors import ConfigError
-from tokpress.eval.bench import DTYPES, BenchConfig, Workload
+from tokpress.errors import ConfigError, InputError
+from tokpress.eval.bench import DTYPES, USER_VIDEO_FRAMES, BenchConfig, Workload
 from tokpress.eval.inputs import video_placeholder_id
-from tokpress.eval.video import video_metadata_kwargs
+from tokpress.eval.video import DEFAULT_MAX_FRAMES, video_metadata_kwargs
+
+logger = logging.getLogger("tokpress")
 
 DEFAULT_FRAMES = 16
 
@@ -73,16 +76,26 @@ def _video_frames(
     from tokpress.eval.video import load_video, write_video
 
     path = config.video
+    wanted = config.frames if config.frames is not None else default_frames
     if path is None:
         path = str(workdir / "generated.mp4")
         if generated is None:
-            generated = moving_square_video(VideoSpec(frames=config.frames or default_frames))
+            generated = moving_square_video(VideoSpec(frames=wanted))
         write_video(generated, path, fps=fps)
-    num_frames = None if config.fps else (config.frames or (default_frames if config.video is None else 32))
+    # --fps: per second of video; --frames: that count (validated against the file); neither: a generated video
+    # gives all its frames, a user's video at most USER_VIDEO_FRAMES uniform ones (all of a shorter clip)
+    num_frames = None if config.fps is not None else (wanted if config.video is None or config.frames else None)
+    max_frames = USER_VIDEO_FRAMES if num_frames is None and config.fps is None else DEFAULT_MAX_FRAMES
+    if config.video is not None and num_frames is None and config.fps is None:
+        total = video_frame_count(path)
+        if total < USER_VIDEO_FRAMES:
+            logger.warning("%s has %d frames (< %d): using all of them", path, total, USER_VIDEO_FRAMES)
 
     def decode():
         start = time.perf_counter()
-        frames, info = load_video(path, num_frames=num_frames, fps=config.fps, multiple_of=multiple_of)
+        frames, info = load_video(
+            path, num_frames=num_frames, fps=config.fps, multiple_of=multiple_of, max_frames=max_frames
+        )
         return frames, info.get("sampled_fps") or None, time.perf_counter() - start
 
     return path, decode
@@ -103,6 +116,7 @@ def _processor_workload(
 
     def make_inputs():
         frames, sampled_fps, decode_s = decode()
+        env["frames"] = str(len(frames))  # the frames actually used (after sampling / clamping), for report.md
         start = time.perf_counter()
         # the frames are already sampled as the processor would: do not let it resample them; pass their frame
         # rate so Qwen2.5-VL's temporal positions match the clip (without it the processor assumes 24 fps)
@@ -183,7 +197,9 @@ def arch_workload(config: BenchConfig) -> Workload:
 
     device, dtype = resolve_device(config)
     model = random_weight_model(config.arch, device, dtype, attn=config.attn).eval()
-    frames = config.frames or (32 if model.config.model_type == "llava_onevision" else 64)
+    frames = (
+        config.frames or (32 if model.config.model_type == "llava_onevision" else 64)  # validated: None or >= 1
+    )
     size = config.extra.get("size", 448)
     inputs = synthetic_video_inputs(model.config, frames, size, size, batch=config.batch, dtype=dtype, device=device)
     env = environment(model, device, dtype, config.attn)
@@ -212,11 +228,36 @@ def pretrained_workload(config: BenchConfig) -> Workload:
     return _processor_workload(Path(config.model).name, model, processor, config, 32, env)
 
 
+def video_frame_count(path: str | Path) -> int:
+    """Frames in the video file at ``path``, from its container (nothing decoded)."""
+    from tokpress.eval.video import _pyav_meta
+
+    try:
+        import av
+    except ImportError:  # decord-only install: decode the index instead
+        import decord
+
+        return len(decord.VideoReader(str(path)))
+    try:
+        total, _ = _pyav_meta(av, Path(path))
+    except Exception as exc:  # av.error.InvalidDataError and friends
+        raise InputError(f"{path}: cannot read the video ({type(exc).__name__}: {exc})") from exc
+    return total
+
+
 def make_workload(config: BenchConfig) -> Workload:
-    if config.model and config.arch:
-        raise ConfigError("pass either --model or --arch, not both")
+    """Validate ``config`` (:meth:`BenchConfig.validate`), then load what it names."""
+    config.validate()
     if config.arch:
         return arch_workload(config)
-    if config.model:
+    if config.model and not _is_shipped(config.model):
         return pretrained_workload(config)
-    return default_workload(config)
+    return default_workload(config)  # the shipped model, named or not, runs on its own synth videos
+
+
+def _is_shipped(model: str) -> bool:
+    """Whether ``--model`` names the shipped synth model's folder (however the path is spelled)."""
+    from tokpress.eval.accuracy import SHIPPED_MODEL
+
+    path = Path(model).expanduser()
+    return path.is_dir() and path.resolve() == SHIPPED_MODEL.resolve()

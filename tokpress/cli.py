@@ -1,22 +1,263 @@
-"""The ``tokpress`` command: ``demo``, ``methods``, ``models``."""
+"""The ``tokpress`` command: ``demo``, ``bench``, ``eval``, ``methods``, ``models``.
+
+Errors: a :class:`~tokpress.errors.TokpressError` or a bad argument prints one line, ``error: <message>``, on
+stderr and exits with 2 (a bad argument or option: click's usage errors and :class:`~tokpress.errors.ConfigError`)
+or 1 (any other TokpressError, raised while running). ``--debug`` (or ``TOKPRESS_DEBUG=1``) prints the traceback
+instead. Every option is checked before a model or a video is loaded.
+
+Output: on a terminal, rich tables and a progress bar; otherwise (piped, redirected) tables at full width and plain
+progress lines on stderr (stage, i/n, elapsed, ETA).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # typer >= 0.23 vendors click as typer._click
+    from typer._click.exceptions import UsageError
+except ImportError:  # older typer: click itself
+    from click.exceptions import UsageError
+
+from tokpress.errors import ConfigError, TokpressError
+
+#: Width of tables written when stdout is not a terminal: wide enough never to cut a cell.
+PIPE_WIDTH = 1000
+#: Plain progress lines of ``eval`` (not on a terminal): at most one per this many seconds, plus the first and the
+#: last (``bench`` prints one per row).
+PROGRESS_EVERY_S = 5.0
+
+#: Per supported family (``config.model_type``): its name, the video-token layout its processor writes, and the
+#: transformers versions it was tested on (the README's "Supported models" table says the same).
+MODEL_FAMILIES: dict[str, tuple[str, str, str]] = {
+    "qwen2_vl": ("Qwen2-VL", "one block of (T/2)·(H/28)·(W/28); M-RoPE", "5.17.0, 5.23.0, 5.24.0, 5.25.0"),
+    "qwen2_5_vl": ("Qwen2.5-VL", "one block of (T/2)·(H/28)·(W/28); M-RoPE", "5.17.0, 5.23.0, 5.24.0, 5.25.0"),
+    "qwen3_vl": (
+        "Qwen3-VL",
+        "per 2-frame block: <t seconds> text + (H/32)·(W/32); interleaved M-RoPE; deepstack",
+        "5.17.0, 5.25.0",
+    ),
+    "qwen3_vl_moe": ("Qwen3-VL-MoE", "as qwen3_vl", "5.17.0, 5.25.0"),
+    "qwen3_5": (
+        "Qwen3.5",
+        "as qwen3_vl (no deepstack); 3 Gated-DeltaNet layers per attention layer",
+        "5.17.0, 5.25.0",
+    ),
+    "qwen3_5_moe": ("Qwen3.5-MoE", "as qwen3_5", "5.17.0, 5.25.0"),
+    "llava_onevision": (
+        "LLaVA-OneVision",
+        "one block of T·14·14 + 1 newline (384 px); 1-D positions",
+        "5.17.0, 5.23.0, 5.24.0, 5.25.0",
+    ),
+    "llava_next_video": ("LLaVA-NeXT-Video", "one block of T·12·12 (336 px, pooled); 1-D positions", "5.17.0, 5.25.0"),
+    "internvl": (
+        "InternVL 3 / 3.5 -hf",
+        "per frame 'FrameN: <img>' + 16·16 + '</img>' (448 px); 1-D positions",
+        "5.17.0, 5.25.0",
+    ),
+}
+
+#: One line per shipped method: what it does (the policy modules' docstrings have the details and sources).
+METHOD_LINES: dict[str, str] = {
+    "divprune": "keeps the most mutually diverse tokens (greedy max-min cosine distance) · Alvar et al., CVPR 2025",
+    "dycoke": "merges similar tokens in 4-frame windows; while decoding, attends to the top 30 % visual tokens · "
+    "CVPR 2025",
+    "evs": "keeps the tokens that changed most since the previous frame, one global top-k · vLLM's EVS",
+    "fastv": "at layer 2 keeps the visual tokens the last query attends to most · Chen et al., ECCV 2024",
+    "fastvid": "cuts the video into segments; keeps salient tokens, merges the rest into density peaks · "
+    "Shen et al., NeurIPS 2025",
+    "fixed": "replays index lists given up front (Python only: outer_options={'keep': ...}; not from the CLI)",
+    "flashvid": "segments, selects by attention + diversity, tree-merges; at layer 20 keeps the top 30 % · ICLR 2026",
+    "framefusion": "merges tokens like the previous frame's in shallow layers, then prunes by attention · "
+    "Fu et al., ICCV 2025",
+    "frames": "baseline: keeps evenly spaced whole frames",
+    "holitom": "segments in time and merges by density-peak clustering; at layer 18 keeps half by attention · "
+    "NeurIPS 2025",
+    "pdrop": "drops visual tokens stage by stage by last-instruction attention (a pyramid over depth) · "
+    "Xing et al., CVPR 2025",
+    "prunevid": "merges static tokens; inside, prunes by question attention and trims earlier KV cache · ACL 2025",
+    "random": "baseline: a seeded random subset of each video's tokens",
+    "scissor": "merges semantic connected components per frame, then across frames · Sun et al., 2025",
+    "sttm": "at layer 2 merges tokens by a spatial quadtree, then across frames (query-agnostic) · "
+    "Hyun et al., ICCV 2025",
+    "uniform": "baseline: evenly spaced tokens in every frame",
+    "vidcom2": "keeps each frame's most unique tokens, more for frames unlike the video · Liu et al., EMNLP 2025",
+    "visionzip": "per frame keeps the tokens the vision encoder attends to most + merged context tokens · "
+    "Yang et al., CVPR 2025",
+}
+
+_state = {"debug": False}
+
+
+def _debug() -> bool:
+    return _state["debug"] or os.environ.get("TOKPRESS_DEBUG", "") not in ("", "0")
+
+
+def _fail(exc: BaseException, message: str, code: int) -> None:
+    """Print ``error: message`` on one line (or the traceback under ``--debug``) and exit with ``code``."""
+    if _debug():
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    else:
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
+    raise typer.Exit(code)
+
+
+def _usage_error(exc: UsageError) -> None:
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `tokpress` alone: the help screen, as usual
+        raise exc
+    hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+    _fail(exc, exc.format_message() + hint, exc.exit_code)
+
+
+class _Group(TyperGroup):
+    """Runs a subcommand; its errors become one line (see the module docstring)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as exc:  # the group's own options (tokpress --bogus)
+            _usage_error(exc)
+            raise
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:  # BadParameter, NoSuchOption, MissingParameter, ... of a subcommand
+            _usage_error(exc)
+        except ConfigError as exc:
+            field = getattr(exc, "field", None)
+            _fail(exc, f"--{field.replace('_', '-')}: {exc}" if field else str(exc), 2)
+        except TokpressError as exc:
+            _fail(exc, str(exc), 1)
+
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Training-free video-token compression for HF video LLMs."
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Training-free video-token compression for HF video LLMs.",
+    pretty_exceptions_show_locals=False,
 )
-console = Console()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokpress")
+    except PackageNotFoundError:
+        import tokpress
+
+        return tokpress.__version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tokpress {_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what tokpress does.")) -> None:
+def root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what tokpress does."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="TOKPRESS_DEBUG", help="Show the traceback of an error instead of one line."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    _state["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+def main() -> None:
+    """Console-script entry point (``tokpress``)."""
+    app(prog_name="tokpress")
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def _console() -> Console:
+    """stdout: a terminal's width on a terminal, else wide enough that no table cell is cut."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Progress:
+    """A transient rich bar on a terminal; else plain lines on stderr: ``stage: i/n label · elapsed · ETA``."""
+
+    def __init__(self, stage: str, total: int, console: Console, every: float = PROGRESS_EVERY_S) -> None:
+        self.stage, self.total, self.console, self.every = stage, max(total, 1), console, every
+        self.done, self.start, self.last_line = 0, time.perf_counter(), float("-inf")
+        self.bar = None
+
+    def __enter__(self) -> _Progress:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+            self.bar = Progress(*columns, console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.stage, total=self.total)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, label: str, done: int) -> None:
+        """``done`` of ``total`` units are finished; ``label``: what runs (or ran) now."""
+        self.done = min(done, self.total)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, description=label)
+            return
+        now = time.perf_counter()
+        if now - self.last_line < self.every and self.done < self.total:
+            return
+        self.last_line, elapsed = now, now - self.start
+        eta = _clock(elapsed / self.done * (self.total - self.done)) if self.done else "?"
+        typer.echo(f"{self.stage}: {self.done}/{self.total} {label} · {_clock(elapsed)} elapsed · ETA {eta}", err=True)
+
+
+def _note(text: str) -> None:
+    """A one-line status message on stderr (e.g. before a model loads)."""
+    typer.echo(text, err=True)
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _flag_error(flag: str, message: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=flag)
+
+
+def _parse_ratios(text: str) -> tuple[float, ...]:
+    from tokpress.eval.methods import check_ratios, parse_list
+
+    try:
+        values = tuple(float(r) for r in parse_list(text))
+    except ValueError:
+        raise _flag_error("--ratios", f"comma-separated numbers in (0, 1], got {text!r}") from None
+    return check_ratios(values)
+
+
+# ------------------------------------------------------------------------------------------------- commands
 
 
 @app.command()
@@ -29,15 +270,27 @@ def demo(
         ",".join(__import__("tokpress.eval.demo", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, a method, or outer+inner.",
     ),
-    ratio: float = typer.Option(0.25, help="retain_ratio for every method."),
-    frames: int = typer.Option(16, help="Frames of the generated video."),
-    repeats: int = typer.Option(3, help="Timed prefills per method (median)."),
+    ratio: float = typer.Option(0.25, help="retain_ratio for every method, in (0, 1]."),
+    frames: int = typer.Option(16, help="Frames of the generated video (>= 1)."),
+    repeats: int = typer.Option(3, help="Timed prefills per method (median; >= 1)."),
 ) -> None:
     """Compress a generated video on a tiny built-in model (offline) and show tokens, FLOPs and timings."""
-    from tokpress.eval.demo import run_demo
-    from tokpress.eval.methods import parse_list
+    from tokpress.eval.methods import check_count, check_methods, check_ratios, parse_list
+    from tokpress.eval.tiny import ALL_FAMILIES
 
-    records = run_demo(family, tuple(parse_list(methods)), ratio, frames, repeats)
+    if family not in ALL_FAMILIES:
+        raise _flag_error("--family", f"{family!r} is not a tiny family; choose one of {', '.join(ALL_FAMILIES)}")
+    names = tuple(parse_list(methods))
+    check_methods(names)
+    check_ratios((ratio,), "ratio")
+    check_count("frames", frames)
+    check_count("repeats", repeats)
+
+    from tokpress.eval.demo import run_demo
+
+    console = _console()
+    _note(f"demo: building the tiny {family} model")
+    records = run_demo(family, names, ratio, frames, repeats)
     table = Table(title=f"tokpress demo — tiny random-weight {family}, {frames} frames, CPU")
     for col in (
         "method",
@@ -71,60 +324,62 @@ def demo(
 
 @app.command()
 def bench(
-    model: str = typer.Option(None, help="A checkpoint (local path or cached hub id); default: the built-in model."),
+    model: str = typer.Option(
+        None,
+        help="A checkpoint (local path or cached hub id); default: the shipped synth model (else a built-in tiny "
+        "one) on its own test video.",
+    ),
     arch: str = typer.Option(None, help="A published architecture with random weights (see --list-archs)."),
     random_weights: bool = typer.Option(False, "--random-weights", help="Required with --arch (states the fact)."),
-    video: str = typer.Option(None, help="A video file; default: a generated one."),
+    video: str = typer.Option(
+        None, help="A video file; default: a generated one. Without --frames/--fps: up to 32 of its frames."
+    ),
     question: str = typer.Option("What happens in the video? Answer briefly.", help="The prompt's question."),
     methods: str = typer.Option(
         ",".join(__import__("tokpress.eval.bench", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, methods, or outer+inner specs.",
     ),
-    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios."),
-    frames: int = typer.Option(None, help="Frames sampled from the video."),
-    fps: float = typer.Option(None, help="Or: frames per second sampled from the video."),
-    repeats: int = typer.Option(3, help="Timed requests per row (median, min, max)."),
-    warmup: int = typer.Option(1, help="Untimed requests before them."),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios, each in (0, 1]."),
+    frames: int = typer.Option(
+        None, help="Frames sampled uniformly from the video (>= 1; at most the video's). Excludes --fps."
+    ),
+    fps: float = typer.Option(None, help="Or: frames sampled per second of video (> 0). Excludes --frames."),
+    repeats: int = typer.Option(3, help="Timed requests per row (median, min, max; >= 1)."),
+    warmup: int = typer.Option(1, help="Untimed requests before them (>= 0)."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
-    attn: str = typer.Option("sdpa", help="sdpa, flash_attention_2 or eager."),
-    batch: int = typer.Option(1, help="Copies of the prompt per request."),
-    max_new_tokens: int = typer.Option(16, help="Tokens generated for the answer and decode speed."),
+    attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
+    batch: int = typer.Option(1, help="Copies of the prompt per request (>= 1)."),
+    max_new_tokens: int = typer.Option(16, help="Tokens generated for the answer and decode speed (>= 1)."),
     size: int = typer.Option(448, help="--arch only: frame side in pixels of the synthetic video."),
     out: str = typer.Option("tokpress-results", help="Output folder (results.json/csv, report.md, PNG plots)."),
     list_archs: bool = typer.Option(False, "--list-archs", help="List the shipped architectures and exit."),
 ) -> None:
     """Compare methods x retain ratios: TTFT by stage, the oracle, FLOPs, memory, decode speed, answers."""
-    from rich.progress import Progress
+    from tokpress.eval.bench import BenchConfig, bench_plan, run_bench
+    from tokpress.eval.methods import check_writable, parse_list
 
-    from tokpress.errors import ConfigError
-    from tokpress.eval.bench import BenchConfig, run_bench
-    from tokpress.eval.methods import parse_list, parse_method
-    from tokpress.eval.report import print_table, write_report
-    from tokpress.eval.workloads import make_workload
-
+    console = _console()
     if list_archs:
         from tokpress.eval.archs import arch_names
 
         for name in arch_names():
             console.print(name)
         return
-    if arch and not random_weights:
-        raise typer.BadParameter("--arch instantiates random weights: add --random-weights to confirm")
-    names = tuple(parse_list(methods))
-    for name in names:
-        parse_method(name)  # fail early, naming the valid methods
-    try:
-        ratio_values = tuple(float(r) for r in parse_list(ratios))
-    except ValueError:
-        raise ConfigError(f"--ratios must be comma-separated numbers in (0, 1], got {ratios!r}") from None
+    if arch:
+        from tokpress.eval.archs import arch_names
+
+        if not random_weights:
+            raise _flag_error("--arch", "it instantiates random weights: add --random-weights to confirm")
+        if arch not in arch_names():
+            raise _flag_error("--arch", f"unknown architecture {arch!r}; see tokpress bench --list-archs")
     config = BenchConfig(
         model=model,
         arch=arch,
         video=video,
         question=question,
-        methods=names,
-        ratios=ratio_values,
+        methods=tuple(parse_list(methods)),
+        ratios=_parse_ratios(ratios),
         frames=frames,
         fps=fps,
         repeats=repeats,
@@ -136,12 +391,19 @@ def bench(
         max_new_tokens=max_new_tokens,
         extra={"size": size},
     )
-    work = make_workload(config)
-    from tokpress.eval.bench import bench_plan
+    config.validate()
+    check_writable(out)
 
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("bench", total=len(bench_plan(config)))
-        records = run_bench(config, work, progress=lambda label: bar.update(task, advance=1, description=label))
+    from tokpress.eval.report import print_table, write_report
+    from tokpress.eval.workloads import make_workload
+
+    _note("bench: loading the model")
+    work = make_workload(config)
+    plan = bench_plan(config)
+    with _Progress("bench", len(plan), console, every=0.0) as progress:  # rows take seconds: a line each
+        calls = iter(range(len(plan)))
+        records = run_bench(config, work, progress=lambda label: progress.update(f"now {label}", next(calls)))
+        progress.update("rows measured", len(plan))
     paths = write_report(records, work.environment, out)
     print_table(records, console)
     console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
@@ -159,27 +421,27 @@ def eval_command(
         ",".join(__import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, methods, or outer+inner specs (the uncompressed model always runs).",
     ),
-    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios."),
+    ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios, each in (0, 1]."),
     n: int = typer.Option(
         __import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_N,
-        help="synth: videos of the test split; a local dataset: its first n questions (0: all).",
+        help="Questions (>= 1): synth: videos of the test split; a local dataset: its first n.",
     ),
     seed: int = typer.Option(0, help="Seed of the bootstrap (and of the random method)."),
-    batch: int = typer.Option(1, help="Samples per forward."),
+    batch: int = typer.Option(1, help="Samples per forward (>= 1)."),
     answer_format: str = typer.Option("word", help="Score the option 'word's or their 'letter's."),
     scoring: str = typer.Option("logits", help="'logits' (option log-likelihoods) or 'generate' (greedy, matched)."),
     normalize: str = typer.Option("mean", help="Option log-likelihood: 'mean' per token or 'sum'."),
-    frames: int = typer.Option(None, help="Local datasets: frames sampled per video (default: the annotation's)."),
-    n_boot: int = typer.Option(2000, help="Bootstrap resamples of the confidence intervals."),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    frames: int = typer.Option(
+        None, help="Local datasets: frames sampled per video (default: the annotation's). Excludes --fps."
+    ),
+    fps: float = typer.Option(None, help="Local datasets: or frames per second of video (> 0). Excludes --frames."),
+    n_boot: int = typer.Option(2000, help="Bootstrap resamples of the confidence intervals (>= 1)."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
-    attn: str = typer.Option("sdpa", help="sdpa, flash_attention_2 or eager."),
+    attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
     out: str = typer.Option("tokpress-eval", help="Output folder (results.json/csv, report.md, PNG plots)."),
 ) -> None:
     """Accuracy of methods x retain ratios on a video-QA benchmark, with CIs, McNemar, agreement, FLOPs and TTFT."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from tokpress.errors import ConfigError
     from tokpress.eval.accuracy import (
         RANDOM_WEIGHTS_NOTE,
         EvalConfig,
@@ -188,81 +450,93 @@ def eval_command(
         load_benchmark,
         make_eval_workload,
     )
-    from tokpress.eval.eval_report import print_eval_table
-    from tokpress.eval.methods import parse_list
+    from tokpress.eval.methods import check_writable, parse_list
 
-    try:
-        ratio_values = tuple(float(r) for r in parse_list(ratios))
-    except ValueError:
-        raise ConfigError(f"--ratios must be comma-separated numbers in (0, 1], got {ratios!r}") from None
     config = EvalConfig(
         model=model,
         benchmark=benchmark,
         methods=tuple(parse_list(methods)),
-        ratios=ratio_values,
-        n=n or None,
+        ratios=_parse_ratios(ratios),
+        n=n,
         seed=seed,
         batch=batch,
         answer_format=answer_format,
         scoring=scoring,
         normalize=normalize,
         frames=frames,
+        fps=fps,
         n_boot=n_boot,
         device=device,
         dtype=dtype,
         attn=attn,
     )
-    config.validate()  # fail early, naming the bad option
+    config.validate()
+    check_writable(out)
+
+    from tokpress.eval.eval_report import print_eval_table
+
+    console = _console()
+    _note("eval: loading the model")
     work = make_eval_workload(config)
     total = len(eval_plan(config)) * len(load_benchmark(config))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("eval", total=total)
-        records, paths = evaluate(
-            config,
-            out,
-            work=work,
-            progress=lambda label, done: bar.update(task, advance=done, description=label),
-        )
+    with _Progress("eval", total, console) as progress:
+        done = [0]
+
+        def advance(label: str, count: int) -> None:
+            done[0] += count
+            progress.update(label, done[0])
+
+        records, paths = evaluate(config, out, work=work, progress=advance)
     if work.random_weights:
         console.print(f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow]")
     print_eval_table(records, console, title=f"tokpress eval — {work.name}, {config.benchmark}")
     console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
 
 
-@app.command()
-def methods() -> None:
-    """List the methods (presets), their policies and what each does."""
-    import sys
-
-    import tokpress
+def _method_line(name: str) -> str:
+    """One line on what method ``name`` does: :data:`METHOD_LINES`, else the preset's description or the first
+    sentence of its policy module's docstring (for methods registered at run time)."""
     from tokpress.registry import get_policy, get_preset
 
-    def summary(preset) -> str:
-        if preset.description:
-            return preset.description
-        stage, name = ("outer", preset.outer) if preset.outer else ("inner", preset.inner)
-        doc = (sys.modules[get_policy(stage, name).__module__].__doc__ or "").strip()
-        first = doc.split("\n\n")[0].replace("\n", " ") if doc else ""
-        return first.split(" — ", 1)[-1]
+    if name in METHOD_LINES:
+        return METHOD_LINES[name]
+    preset = get_preset(name)
+    text = preset.description or ""
+    if not text:
+        stage, policy = ("outer", preset.outer) if preset.outer else ("inner", preset.inner)
+        text = (sys.modules[get_policy(stage, policy).__module__].__doc__ or "").strip().split("\n\n")[0]
+    text = " ".join(text.split()).split(" — ", 1)[-1]
+    return text.split(". ")[0].rstrip(".")
 
-    table = Table(title="tokpress methods")
-    for col in ("method", "outer", "inner", "what it is"):
+
+@app.command()
+def methods() -> None:
+    """List the methods (presets): the stage(s) they act in and what each does, one line each."""
+    import tokpress
+    from tokpress.registry import get_preset
+
+    table = Table(title="tokpress methods (outer: before the LLM; inner: inside it)")
+    for col in ("method", "outer", "inner", "what it does"):
         table.add_column(col)
     for name in tokpress.preset_names():
         p = get_preset(name)
-        table.add_row(name, p.outer or "—", p.inner or "—", summary(p))
-    console.print(table)
+        table.add_row(name, p.outer or "—", p.inner or "—", _method_line(name))
+    _console().print(table)
 
 
 @app.command()
 def models() -> None:
-    """List the supported model families (``config.model_type``)."""
+    """List the supported model families (``config.model_type``): video-token layout and tested transformers."""
     import tokpress
 
+    table = Table(title="tokpress models (transformers >= 5.17, < 6)")
+    for col in ("model_type", "family", "video tokens (as the processor writes them)", "tested transformers"):
+        table.add_column(col)
     for name in tokpress.adapter_names():
-        console.print(name)
+        family, layout, tested = MODEL_FAMILIES.get(name, (name, "—", "—"))
+        table.add_row(name, family, layout, tested)
+    _console().print(table)
 
 
 if __name__ == "__main__":
-    app()
+    main()
