@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tokpress.eval import plots
 from tokpress.eval.report import DASH, _fixed, _flatten, _jsonable, _md_row, _num, _ratio_key, _si, environment_lines
 
 logger = logging.getLogger(__name__)
@@ -265,17 +266,6 @@ def _rules(config: Any) -> list[str]:
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _method_colors(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """A distinct colour per method: matplotlib's default cycle up to 10 methods, ``tab20`` up to 20."""
-    methods = list(dict.fromkeys(str(r.get("method")) for r in rows if r.get("method") != "none"))
-    if len(methods) <= 10:
-        return {m: f"C{i}" for i, m in enumerate(methods)}
-    from matplotlib import colormaps
-
-    palette = colormaps["tab20"].colors
-    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-
-
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats (lower or equal cost and higher accuracy), by cost ascending."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
@@ -288,16 +278,23 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def _yerr(rows: Sequence[dict[str, Any]]) -> list[list[float]] | None:
+    """CI half-widths in percentage points (``None`` unless every row has its CI)."""
     accs = [r["accuracy"] for r in rows]
     lows, highs = [_num(r.get("ci_low")) for r in rows], [_num(r.get("ci_high")) for r in rows]
     if any(v is None for v in lows + highs):
         return None
-    return [[max(a - lo, 0.0) for a, lo in zip(accs, lows)], [max(hi - a, 0.0) for a, hi in zip(accs, highs)]]
+    return [
+        [100 * max(a - lo, 0.0) for a, lo in zip(accs, lows)],
+        [100 * max(hi - a, 0.0) for a, hi in zip(accs, highs)],
+    ]
 
 
 def _accuracy_axes(ax: Any, title: str) -> None:
+    from matplotlib.ticker import PercentFormatter
+
     ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-2, 102)
+    ax.yaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
 
@@ -305,41 +302,46 @@ def _accuracy_axes(ax: Any, title: str) -> None:
 def _reference_lines(ax: Any, rows: Sequence[dict[str, Any]]) -> None:
     base = next((r for r in rows if r.get("method") == "none"), None)
     if base is not None and _num(base.get("accuracy")) is not None:
-        ax.axhline(base["accuracy"], color="grey", linestyle=":", label="uncompressed")
+        ax.axhline(100 * base["accuracy"], color=plots.UNCOMPRESSED_COLOR, linestyle=":")
         lo, hi = _num(base.get("ci_low")), _num(base.get("ci_high"))
         if lo is not None and hi is not None:
-            ax.axhspan(lo, hi, color="grey", alpha=0.12)
+            ax.axhspan(100 * lo, 100 * hi, color=plots.UNCOMPRESSED_COLOR, alpha=0.12)
     chance = _num(rows[0].get("chance")) if rows else None
     if chance is not None:
-        ax.axhline(chance, color="firebrick", linestyle="--", linewidth=0.8, label="chance")
+        ax.axhline(100 * chance, color="firebrick", linestyle="--", linewidth=0.8)
 
 
-def _retention_panel(ax: Any, rows: Sequence[dict[str, Any]], colors: dict[str, str], title: str) -> None:
+def _references() -> list[tuple[Any, str]]:
+    """Legend entries of the reference lines every panel may draw."""
+    from matplotlib.lines import Line2D
+
+    return [
+        (Line2D([], [], color=plots.UNCOMPRESSED_COLOR, linestyle=":"), "uncompressed (95 % CI band)"),
+        (Line2D([], [], color="firebrick", linestyle="--", linewidth=0.8), "chance"),
+    ]
+
+
+def _retention_panel(ax: Any, rows: Sequence[dict[str, Any]], styles: dict[str, dict], title: str) -> None:
     series: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("method") != "none" and _num(r.get("accuracy")) is not None:
             series.setdefault(str(r["method"]), []).append(r)
+    ratios = [_ratio_key(r["ratio"]) for pts in series.values() for r in pts]
+    offsets = plots.dodge_offsets(list(series), [100 * x for x in ratios])
     for method, pts in series.items():
         pts = sorted(pts, key=lambda r: _ratio_key(r["ratio"]))
-        xs = [_ratio_key(r["ratio"]) for r in pts]
-        ax.errorbar(
-            xs,
-            [r["accuracy"] for r in pts],
-            yerr=_yerr(pts),
-            color=colors[method],
-            marker="o",
-            capsize=3,
-            label=method,
-        )
+        xs = [100 * _ratio_key(r["ratio"]) + offsets[method] for r in pts]
+        style = {k: v for k, v in styles[method].items() if k != "stage"}
+        ax.errorbar(xs, [100 * r["accuracy"] for r in pts], yerr=_yerr(pts), capsize=2, elinewidth=0.8, **style)
     _reference_lines(ax, rows)
-    ax.set_xlabel("retention ratio (video tokens kept)")
-    ax.set_xlim(0, 1.05)
+    plots.ratio_axis(ax, ratios)
     _accuracy_axes(ax, title)
 
 
-def _cost_panel(ax: Any, rows: Sequence[dict[str, Any]], colors: dict[str, str], field: str, xlabel: str) -> None:
+def _cost_panel(ax: Any, rows: Sequence[dict[str, Any]], styles: dict[str, dict], field: str, xlabel: str) -> None:
     """Accuracy vs a cost per (method, ratio), CI bars, lines per method, the uncompressed point and the Pareto
-    front over every point."""
+    front over every point; each point is labelled with its retention in %."""
+    scale = 100.0 if field == "flops_fraction" else 1.0
     usable = [r for r in rows if _num(r.get(field)) is not None and _num(r.get("accuracy")) is not None]
     if not usable:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -350,24 +352,16 @@ def _cost_panel(ax: Any, rows: Sequence[dict[str, Any]], colors: dict[str, str],
         series.setdefault(str(r["method"]), []).append(r)
     for method, pts in series.items():
         pts = sorted(pts, key=lambda r: float(r[field]))
-        xs, ys = [float(r[field]) for r in pts], [r["accuracy"] for r in pts]
+        xs, ys = [scale * float(r[field]) for r in pts], [100 * r["accuracy"] for r in pts]
         if method == "none":
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=_yerr(pts),
-                color="black",
-                marker="*",
-                markersize=11,
-                linestyle="none",
-                capsize=3,
-                label="uncompressed",
-            )
+            ax.errorbar(xs, ys, yerr=_yerr(pts), color="black", marker="*", markersize=11, linestyle="none", capsize=3)
             continue
-        ax.errorbar(xs, ys, yerr=_yerr(pts), color=colors[method], marker="o", capsize=3, alpha=0.85, label=method)
+        style = {k: v for k, v in styles[method].items() if k != "stage"}
+        ax.errorbar(xs, ys, yerr=_yerr(pts), capsize=2, elinewidth=0.8, alpha=0.85, **style)
         for x, y, r in zip(xs, ys, pts):
-            ax.annotate(f"{_ratio_key(r['ratio']):g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    points = [(float(r[field]), float(r["accuracy"])) for r in usable]
+            label = f"{100 * _ratio_key(r['ratio']):.4g}%"
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6, color=style["color"])
+    points = [(scale * float(r[field]), 100 * float(r["accuracy"])) for r in usable]
     front = pareto_front(points)
     if len(front) > 1:
         ax.step(
@@ -378,44 +372,36 @@ def _cost_panel(ax: Any, rows: Sequence[dict[str, Any]], colors: dict[str, str],
             linewidth=3,
             alpha=0.35,
             zorder=0,
-            label="Pareto front",
         )
     chance = _num(usable[0].get("chance"))
     if chance is not None:
-        ax.axhline(chance, color="firebrick", linestyle="--", linewidth=0.8, label="chance")
+        ax.axhline(100 * chance, color="firebrick", linestyle="--", linewidth=0.8)
     ax.set_xlabel(xlabel)
     if field == "flops_fraction":  # a fraction reads from 0; TTFTs autoscale (near-equal CPU times would bunch up)
+        from matplotlib.ticker import PercentFormatter
+
         ax.set_xlim(left=0)
+        ax.xaxis.set_major_formatter(PercentFormatter(100, decimals=0))
     _accuracy_axes(ax, "")
 
 
 def write_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
     """``accuracy_vs_retention.png`` (overall and per task family), ``accuracy_vs_flops.png`` and
-    ``accuracy_vs_ttft.png`` (one row of panels per model). Raises ImportError without matplotlib."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    ``accuracy_vs_ttft.png`` (one row of panels per model), in %, styled as the bench plots
+    (:func:`tokpress.eval.plots.method_styles`: colour + marker per method, line style per stage), the legend
+    right of the panels. Raises ImportError without matplotlib."""
     out = Path(out_dir)
     paths = {name: out / name for name in PLOT_FILES}
     overall = summaries(records)
     models = list(dict.fromkeys(str(r.get("model", "")) for r in overall)) or [""]
-    colors = _method_colors(overall)
+    styles = plots.method_styles(str(r.get("method")) for r in overall)
+    legend = plots.legend_entries(styles, _references())
     tasks = tasks_of(records)
-
-    def save(fig: Figure, path: Path) -> None:
-        FigureCanvasAgg(fig)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-
-    def legend(fig: Figure, ax: Any) -> None:
-        handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
 
     panels = ["all", *tasks] if len(tasks) > 1 else ["all"]
     cols = min(3, len(panels))
     per_model_rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(4.6 * cols, 3.6 * per_model_rows * len(models) + 0.8))
+    fig = plots.new_figure(4.6 * cols + 2.2, 3.6 * per_model_rows * len(models))
     axes = fig.subplots(per_model_rows * len(models), cols, squeeze=False)
     for m, model in enumerate(models):
         for k in range(per_model_rows * cols):
@@ -425,25 +411,22 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[
                 continue
             rows = [r for r in summaries(records, panels[k]) if str(r.get("model", "")) == model]
             title = "all tasks" if panels[k] == "all" else panels[k]
-            _retention_panel(ax, rows, colors, f"{title} — {model}" if len(models) > 1 else title)
-    legend(fig, axes[0, 0])
-    legend_rows = math.ceil((len(colors) + 2) / 6)  # the methods, the uncompressed line and chance, 6 a row
-    fig.tight_layout(rect=(0, 0.03 + 0.022 * legend_rows, 1, 1))
-    FigureCanvasAgg(fig)
-    fig.savefig(paths["accuracy_vs_retention.png"], dpi=110)
+            _retention_panel(ax, rows, styles, f"{title} — {model}" if len(models) > 1 else title)
+    plots.outside_legend(fig, *legend)
+    plots.thin_tick_labels(fig, axes.flat)
+    plots.save_figure(fig, paths["accuracy_vs_retention.png"])
 
     for name, field, xlabel in (
-        ("accuracy_vs_flops.png", "flops_fraction", "prefill FLOPs (FastV convention), fraction of uncompressed"),
+        ("accuracy_vs_flops.png", "flops_fraction", "prefill FLOPs (FastV convention), % of uncompressed"),
         ("accuracy_vs_ttft.png", "ttft_ms", "TTFT ms (median prompt prefill)"),
     ):
-        fig = Figure(figsize=(6.8, 4.6 * len(models)))
+        fig = plots.new_figure(9.0, 4.6 * len(models))
         for ax, model in zip(fig.subplots(len(models), 1, squeeze=False)[:, 0], models):
             rows = [r for r in overall if str(r.get("model", "")) == model]
-            _cost_panel(ax, rows, colors, field, xlabel)
+            _cost_panel(ax, rows, styles, field, xlabel)
             ax.set_title(f"accuracy vs {'FLOPs' if 'flops' in field else 'TTFT'} — {model}", fontsize=10)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="best")
-        save(fig, paths[name])
+        plots.outside_legend(fig, *legend)
+        plots.save_figure(fig, paths[name])
     return paths
 
 

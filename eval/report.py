@@ -23,6 +23,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -270,12 +271,33 @@ MD_COLUMNS = (
 )
 
 
-def environment_lines(environment: dict[str, Any], cpu_prefix: str) -> list[str]:
-    """The ``## Environment`` section: known fields first, then the rest; a caveat when timed on a CPU."""
+_FRAMES_IN_TEXT = re.compile(r"\b(\d+) frames?\b")
+
+
+def frames_of(environment: dict[str, Any], records: Sequence[dict[str, Any]] = ()) -> str:
+    """The frame count a run used when the environment has no ``frames`` entry: ``num_frames`` there, else the
+    records' ``frames`` (or ``num_frames``) field, else an "N frames" in the video's description; else "—"."""
+    if environment.get("num_frames") not in (None, ""):
+        return str(environment["num_frames"])
+    counts = {str(r.get(k)) for r in records for k in ("frames", "num_frames") if _num(r.get(k)) is not None}
+    if counts:
+        return ", ".join(sorted(counts, key=float))
+    match = _FRAMES_IN_TEXT.search(str(environment.get("video") or ""))
+    return match.group(1) if match else DASH
+
+
+def environment_lines(
+    environment: dict[str, Any], cpu_prefix: str, records: Sequence[dict[str, Any]] = ()
+) -> list[str]:
+    """The ``## Environment`` section: known fields first, then the rest; a caveat when timed on a CPU.
+
+    ``records``: the run's result records, read for the frame count when the environment lacks one."""
     lines = ["## Environment", "", "| | |", "|---|---|"]
     used: set[str] = set()
     for label, keys in ENV_FIELDS:
         value = next((environment[k] for k in keys if environment.get(k) not in (None, "")), DASH)
+        if label == "Frames" and value == DASH:
+            value = frames_of(environment, records)
         used.update(keys)
         lines.append(_md_row([label, value]))
     lines += [_md_row([k, v]) for k, v in environment.items() if k not in used]
@@ -288,7 +310,7 @@ def environment_lines(environment: dict[str, Any], cpu_prefix: str) -> list[str]
 def render_markdown(records: Sequence[dict[str, Any]], environment: dict[str, Any], command: str) -> str:
     """The text of ``report.md``: an environment table, then one results table per model."""
     lines = ["# tokpress bench", "", f"Command: `{command}`", ""]
-    lines += environment_lines(environment, "Timings come from")
+    lines += environment_lines(environment, "Timings come from", records)
     derived = derive(records)
     for model, idx in _ordered(records).items():
         lines += ["", f"## {model or 'model'}", "", _md_row(MD_COLUMNS), _md_row(["---"] * len(MD_COLUMNS))]
