@@ -20,7 +20,10 @@ from tokpress.eval.inputs import video_placeholder_id
 from tokpress.eval.methods import parse_method
 from tokpress.eval.tiny import VideoSpec, moving_square_video, tiny_model
 from tokpress.eval.tiny_processor import tiny_processor
+from tokpress.eval.video import video_metadata_kwargs
 
+#: frame rate of the demo's generated clip (the bench's generated clip uses the same)
+DEMO_FPS = 8.0
 DEFAULT_METHODS = ("none", "uniform", "random", "frames", "evs", "fastv", "evs+fastv")
 
 
@@ -47,7 +50,8 @@ def run_demo(
     spec = VideoSpec(frames=frames, height=112, width=112)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Where does it go?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=[prompt], videos=[moving_square_video(spec)], return_tensors="pt")
+    metadata = video_metadata_kwargs(processor, frames, DEMO_FPS)
+    inputs = processor(text=[prompt], videos=[moving_square_video(spec)], return_tensors="pt", **metadata)
     n_video = int((inputs["input_ids"] == video_placeholder_id(model.config)).sum())
     text_cfg = model.model.language_model.config
     full_flops = fastv_prefill_flops(model.config, [inputs["input_ids"].shape[1]] * text_cfg.num_hidden_layers)

@@ -88,7 +88,7 @@ def prepare(
     text = chat_prompt(processor, format_prompt(sample.question, sample.options, answer_format, prompt))
     start = time.perf_counter()
     metadata = video_metadata_kwargs(processor, len(video), video_fps)
-    batch = processor(text=[text], videos=[video], return_tensors="pt", **metadata)
+    batch = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False, **metadata)
     preprocess_ms = (time.perf_counter() - start) * 1e3
     device, dtype = _device_dtype(model)
     inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}

@@ -175,6 +175,13 @@ def load_video(
     except Exception as exc:  # decoder-specific errors (av.error.InvalidDataError, decord.DECORDError, ...)
         raise InputError(f"{path}: cannot decode with {decoder} ({type(exc).__name__}: {exc})") from exc
     video_fps, total = meta["video_fps"], meta["total_frames"]
+    if not video_fps:
+        logger.warning(
+            "%s: no frame rate in the file's metadata; info['fps'], 'timestamps' and 'sampled_fps' are 0. Pass the "
+            "real frame rate to the processor yourself (video_metadata=[VideoMetadata(..., fps=...)]), or Qwen2.5-VL "
+            "/ Qwen3-VL will assume 24 fps",
+            path,
+        )
     duration = total / video_fps if video_fps else 0.0
     info = {
         "path": str(path),
@@ -222,19 +229,56 @@ def timed_load(path: str | Path, **kwargs: Any) -> TimedVideo:
     return TimedVideo(frames, info, decode_ms)
 
 
+def uses_frame_rate(processor: Any) -> bool:
+    """Whether ``processor``'s output depends on the frame rate of the video frames it is given.
+
+    Qwen2.5-VL turns it into ``second_per_grid_ts`` (the temporal M-RoPE spacing); Qwen3-VL and Qwen3.5 into the
+    ``<t seconds>`` timestamps written before each 2-frame block. Both assume 24 fps when frames come without
+    ``video_metadata``. Qwen2-VL, LLaVA-OneVision, LLaVA-NeXT-Video and InternVL do not use it.
+    """
+    names = getattr(processor, "model_input_names", ()) or ()
+    return "second_per_grid_ts" in names or callable(getattr(processor, "_calculate_timestamps", None))
+
+
 def video_metadata_kwargs(processor: Any, n_frames: int, fps: float | None, copies: int = 1) -> dict[str, Any]:
     """``{"video_metadata": [...]}`` to pass to ``processor(...)`` with in-memory frames sampled at ``fps``, or ``{}``.
 
-    Qwen2.5-VL's processor turns the sampled frame rate into ``second_per_grid_ts`` (temporal M-RoPE spacing) and,
-    when frames come without metadata, assumes 24 fps: a 2-fps clip then gets temporal ids 12x too dense
-    (transformers 5.23) or all 0 (5.17 truncates ``second_per_grid_ts`` to an int). Only processors that report
-    ``second_per_grid_ts`` get the metadata; others are left alone.
+    ``fps`` is the frame rate of the ``n_frames`` frames handed to the processor (``info["sampled_fps"]`` of
+    :func:`load_video`), not of the file. Each of the ``copies`` entries is a
+    ``VideoMetadata(total_num_frames=n_frames, fps=fps, frames_indices=range(n_frames))``: Qwen2.5-VL then
+    reports ``second_per_grid_ts = 2 / fps`` and Qwen3-VL / Qwen3.5 write frame ``i``'s timestamp as ``i / fps``
+    (they need ``frames_indices``).
+
+    Only processors whose output depends on the frame rate (:func:`uses_frame_rate`) get metadata; others get
+    ``{}``. Without a frame rate (``fps`` None, 0 or not finite) such processors assume 24 fps: Qwen2.5-VL's
+    temporal ids of a 2-fps clip become 12x too dense (transformers 5.23+; all 0 in 5.17, which truncates
+    ``second_per_grid_ts`` to an int) and Qwen3-VL's timestamps 12x too small. That case returns ``{}`` and logs a
+    warning naming the fix. The metadata does not stop a processor from resampling: with pre-sampled frames also
+    pass ``do_sample_frames=False`` (released Qwen3-VL processors sample by default).
     """
-    if not fps or fps <= 0 or "second_per_grid_ts" not in getattr(processor, "model_input_names", ()):
+    if not uses_frame_rate(processor):
+        return {}
+    if fps is None or not math.isfinite(fps) or fps <= 0:
+        logger.warning(
+            "%s: %d video frames without their frame rate (fps=%r); the processor will assume 24 fps and give the "
+            "video wrong temporal positions / timestamps. Fix: pass the frames' fps (load_video's "
+            "info['sampled_fps']) or video_metadata=[VideoMetadata(total_num_frames=%d, fps=<fps>, "
+            "frames_indices=list(range(%d)))] to the processor",
+            type(processor).__name__,
+            n_frames,
+            fps,
+            n_frames,
+            n_frames,
+        )
         return {}
     from transformers.video_utils import VideoMetadata
 
-    return {"video_metadata": [VideoMetadata(total_num_frames=n_frames, fps=float(fps)) for _ in range(copies)]}
+    return {
+        "video_metadata": [
+            VideoMetadata(total_num_frames=n_frames, fps=float(fps), frames_indices=list(range(n_frames)))
+            for _ in range(copies)
+        ]
+    }
 
 
 def write_video(frames: Any, path: str | Path, fps: float = 8.0, *, codec: str | None = None, crf: int = 12) -> str:

@@ -106,3 +106,19 @@ def test_untagged_samples_get_their_own_family_and_all_stays_one_row(tmp_path):
 )
 def test_same_answer_compares_the_answer_not_every_token(a, b, same):
     assert (first_answer(a) == first_answer(b)) is same
+
+
+def test_naming_the_shipped_model_runs_it_on_its_own_synth_videos(monkeypatch, tmp_path):
+    """`--model <the shipped folder>` used to switch to a 32-frame generated video; it now runs what the default
+    runs (the synth test videos the model was trained on). Another folder still loads as a pretrained model."""
+    from tokpress.eval import workloads
+    from tokpress.eval.accuracy import SHIPPED_MODEL
+    from tokpress.eval.bench import BenchConfig
+
+    monkeypatch.setattr(workloads, "default_workload", lambda config: "default")
+    monkeypatch.setattr(workloads, "pretrained_workload", lambda config: "pretrained")
+    spelled = f"{SHIPPED_MODEL.parent}/./{SHIPPED_MODEL.name}/"
+    assert workloads.make_workload(BenchConfig(model=spelled)) == "default"
+    other = tmp_path / "model"
+    other.mkdir()
+    assert workloads.make_workload(BenchConfig(model=str(other))) == "pretrained"

@@ -113,3 +113,55 @@ def test_mpeg4_fallback_codec(tmp_path):
     assert write_video(frames, tmp_path / "m.mp4", fps=4, codec="mpeg4") == "mpeg4"
     out, info = load_video(tmp_path / "m.mp4", backend="pyav")
     assert out.shape == frames.shape and info["fps"] == pytest.approx(4.0)
+
+
+def test_frame_rate_reaches_qwen_processors_as_metadata(caplog):
+    """Qwen2.5-VL: second_per_grid_ts = temporal patch 2 / 4 fps = 0.5 s; Qwen3-VL: frame i at i / 4 s, each 2-frame
+    block stamped at its mean, so 8 frames give <0.1>, <0.6>, <1.1>, <1.6> seconds. No warning on this path."""
+    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.video import uses_frame_rate, video_metadata_kwargs
+
+    frames = moving_square_video(VideoSpec(frames=8, height=56, width=56))
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "?"}]}]
+    with caplog.at_level("WARNING", logger="tokpress.eval.video"):
+        qwen25 = tiny_processor("qwen2_5_vl")
+        prompt = qwen25.apply_chat_template(messages, add_generation_prompt=True)
+        out = qwen25(text=[prompt], videos=[frames], return_tensors="pt", **video_metadata_kwargs(qwen25, 8, 4.0))
+        assert out["second_per_grid_ts"].tolist() == [pytest.approx(0.5)]
+        qwen3 = tiny_processor("qwen3_vl")
+        prompt = qwen3.apply_chat_template(messages, add_generation_prompt=True)
+        out = qwen3(text=[prompt], videos=[frames], return_tensors="pt", **video_metadata_kwargs(qwen3, 8, 4.0))
+        text = qwen3.tokenizer.decode(out["input_ids"][0])
+        for stamp in ("<0.1 seconds>", "<0.6 seconds>", "<1.1 seconds>", "<1.6 seconds>"):
+            assert stamp in text
+    assert not [r for r in caplog.records if r.name == "tokpress.eval.video"]
+    assert uses_frame_rate(qwen25) and uses_frame_rate(qwen3)
+    assert not uses_frame_rate(tiny_processor("llava_onevision")) and not uses_frame_rate(tiny_processor("qwen2_vl"))
+
+
+@pytest.mark.parametrize("fps", [None, 0.0, float("nan"), -2.0])
+def test_missing_frame_rate_warns_with_the_fix(caplog, fps):
+    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.video import video_metadata_kwargs
+
+    with caplog.at_level("WARNING", logger="tokpress.eval.video"):
+        assert video_metadata_kwargs(tiny_processor("qwen3_vl"), 16, fps) == {}
+    (record,) = [r for r in caplog.records if r.name == "tokpress.eval.video"]
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert "24 fps" in message and "VideoMetadata(total_num_frames=16" in message and "sampled_fps" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tokpress.eval.video"):  # processors that ignore the rate: silent
+        assert video_metadata_kwargs(tiny_processor("llava_onevision"), 16, fps) == {}
+    assert not caplog.records
+
+
+def test_file_without_frame_rate_warns(clip, caplog, monkeypatch):
+    import tokpress.eval.video as video
+
+    real = video._pyav_meta
+    monkeypatch.setattr(video, "_pyav_meta", lambda av, path: (real(av, path)[0], 0.0))  # a container with no rate
+    with caplog.at_level("WARNING", logger="tokpress.eval.video"):
+        frames, info = load_video(clip[0], num_frames=4, backend="pyav")
+    assert len(frames) == 4 and info["fps"] == 0.0 and info["sampled_fps"] == 0.0
+    assert any("no frame rate" in r.getMessage() and "VideoMetadata" in r.getMessage() for r in caplog.records)
