@@ -51,10 +51,12 @@ every method and recorded apart). Its ``model.tokpress.last.tokens_per_layer`` g
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ import numpy as np
 import torch
 
 import tokpress
+from tokpress.errors import InputError
 from tokpress.eval.eval_data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
 from tokpress.eval.flops_exact import fastv_prefill_flops
 from tokpress.eval.methods import (
@@ -76,6 +79,7 @@ from tokpress.eval.methods import (
     option_error,
     parse_method,
 )
+from tokpress.eval.report import _jsonable
 from tokpress.eval.scoring import (
     Prepared,
     _device_dtype,
@@ -240,7 +244,58 @@ def _prefill_counts(model: torch.nn.Module, batch: dict[str, torch.Tensor], vide
     return out
 
 
-def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None = None) -> list[dict[str, Any]]:
+#: per-sample records of an eval, streamed as they are made (``evaluate`` writes it into the output folder)
+STREAM_FILE = "samples.jsonl"
+
+
+def _stream_key(config: EvalConfig, work_name: str) -> dict[str, Any]:
+    """What a streamed file must match to be resumed: the model and every setting that changes a record."""
+    fields = asdict(config)
+    for name in ("n_boot", "alpha", "exact_below"):  # summary statistics only, recomputed from the records
+        fields.pop(name)
+    return {"kind": "header", "model": work_name, "config": _jsonable(fields)}
+
+
+def _open_stream(path: Path, key: dict[str, Any], resume: bool) -> dict[tuple[str, float, str], dict[str, Any]]:
+    """The records of ``path`` by ``(method, ratio, sample_id)`` when ``resume`` and it was made with ``key``;
+    otherwise start ``path`` afresh with ``key`` as its first line.
+
+    Raises:
+        InputError: ``path`` holds records of another configuration (``resume`` is on).
+    """
+    done: dict[tuple[str, float, str], dict[str, Any]] = {}
+    if resume and path.is_file() and path.stat().st_size:
+        with path.open(encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        if not lines or lines[0] != key:
+            raise InputError(
+                f"{path} holds per-sample records of another model or configuration; pass a new --out, or "
+                "--no-resume to start over"
+            )
+        done = {(r["method"], float(r["ratio"]), r["sample_id"]): r for r in lines[1:]}
+        logger.info("tokpress eval: resuming %s (%d sample records done)", path, len(done))
+        return done
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(key) + "\n", encoding="utf-8")
+    return done
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append ``records`` to ``path`` as JSON lines and flush them to disk (a kill loses at most one batch)."""
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(_jsonable(r)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_eval(
+    config: EvalConfig,
+    work: EvalWorkload,
+    progress: Progress | None = None,
+    stream: str | Path | None = None,
+    resume: bool = True,
+) -> list[dict[str, Any]]:
     """Evaluate every ``(method, ratio)`` of :func:`eval_plan` on every sample; summary records first.
 
     Samples are taken ``config.batch`` at a time; each batch is prepared once (video decode, processor) and run
@@ -252,6 +307,11 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
     ``generated`` (generation), ``ttft_ms`` (the timed prefill of the batch the sample was in), ``video_tokens``,
     ``into_llm``, ``tokens_per_layer``, ``flops_fastv``, ``decode_ms``, ``preprocess_ms``, ``rows_consistent``
     (every option row of the scoring prefill kept as many tokens per layer as the timed single prefill).
+
+    With ``stream``, each batch's records are appended to that JSON-lines file as soon as they exist (after a header
+    line naming the model and configuration); with ``resume``, a batch whose records the file already holds is not
+    run again (its records, timings included, are those of the earlier run), so an interrupted eval continues where
+    it stopped.
     """
     config.validate()
     model, processor = work.model, work.processor
@@ -261,9 +321,20 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
     pad_id = processor.tokenizer.pad_token_id or 0
     clock = Clock(_device_dtype(model)[0])
     records: list[dict[str, Any]] = []
+    stream = None if stream is None else Path(stream)
+    done = {} if stream is None else _open_stream(stream, _stream_key(config, work.name), resume)
+    warm = not config.warmup
     try:
-        for first, start in enumerate(range(0, len(samples), config.batch)):
+        for start in range(0, len(samples), config.batch):
             chunk = samples[start : start + config.batch]
+            keys = [(m, float(r), s.sample_id) for m, r in plan for s in chunk]
+            if keys and all(k in done for k in keys):  # finished by an earlier, interrupted run
+                records += [done[k] for k in keys]
+                if progress is not None:
+                    done_so_far = min(start + len(chunk), len(samples))
+                    progress(f"resumed · {done_so_far}/{len(samples)}", len(chunk) * len(plan))
+                continue
+            batch_records: list[dict[str, Any]] = []
             prepared = [
                 prepare(
                     model,
@@ -281,7 +352,7 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
             reference: dict[str, int] = {}
             for method, ratio in plan:
                 _apply(model, method, ratio, config.seed)
-                if config.warmup and first == 0:
+                if not warm:
                     _prefill(model, single, clock)
                 ttft = _prefill(model, single, clock)
                 counts = _prefill_counts(model, single, video_id)
@@ -309,12 +380,16 @@ def run_eval(config: EvalConfig, work: EvalWorkload, progress: Progress | None =
                         preprocess_ms=p.preprocess_ms,
                         rows_consistent=consistent[b],
                     )
-                    records.append(record)
+                    batch_records.append(record)
                 tokpress.remove(model)
                 if progress is not None:
                     progress(
                         f"{method} @ {ratio:g} · {min(start + len(chunk), len(samples))}/{len(samples)}", len(chunk)
                     )
+            warm = True
+            records += batch_records
+            if stream is not None:
+                _append(stream, batch_records)
     finally:
         tokpress.remove(model)
     inconsistent = sum(not r["rows_consistent"] for r in records)
@@ -515,8 +590,12 @@ def evaluate(
     work: EvalWorkload | None = None,
     progress: Progress | None = None,
     command: str | None = None,
+    resume: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """``tokpress eval`` from Python: run :func:`run_eval` and write the report into ``out`` (None: no files).
+
+    Per-sample records stream to ``out/samples.jsonl`` as they are made; with ``resume`` a run interrupted in
+    the same ``out`` with the same configuration continues where it stopped.
 
     Returns:
         The records and the paths written (name -> path).
@@ -528,7 +607,8 @@ def evaluate(
     if out is not None:
         check_writable(out)  # before the run: results are never lost to an unwritable folder
     work = work or make_eval_workload(config)
-    records = run_eval(config, work, progress)
+    stream = None if out is None else Path(out) / STREAM_FILE
+    records = run_eval(config, work, progress, stream=stream, resume=resume)
     if out is None:
         return records, {}
     notes = [RANDOM_WEIGHTS_NOTE] if work.random_weights else []

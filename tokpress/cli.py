@@ -440,6 +440,9 @@ def eval_command(
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
     attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
     out: str = typer.Option("tokpress-eval", help="Output folder (results.json/csv, report.md, PNG plots)."),
+    resume: bool = typer.Option(
+        True, help="Continue a run interrupted in the same --out (samples.jsonl, same settings); --no-resume: redo."
+    ),
 ) -> None:
     """Accuracy of methods x retain ratios on a video-QA benchmark, with CIs, McNemar, agreement, FLOPs and TTFT."""
     from tokpress.eval.accuracy import (
@@ -486,7 +489,7 @@ def eval_command(
             done[0] += count
             progress.update(label, done[0])
 
-        records, paths = evaluate(config, out, work=work, progress=advance)
+        records, paths = evaluate(config, out, work=work, progress=advance, resume=resume)
     if work.random_weights:
         console.print(f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow]")
     print_eval_table(records, console, title=f"tokpress eval — {work.name}, {config.benchmark}")
