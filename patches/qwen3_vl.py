@@ -63,6 +63,7 @@ class Qwen3VLAdapter(Adapter):
                 "Qwen3-VL needs its 3-D M-RoPE positions; pass `mm_token_type_ids` "
                 "(the processor returns it) so the model builds them"
             )
+        rope = rope.cpu()  # one device sync for the prompt, not two per temporal block
         sides = [self._block_side(rope, start, length) for start, length in blocks]
         groups = self._by_counts(blocks, counts) if counts else self._by_gaps(blocks, sides)
         out = []
