@@ -11,10 +11,15 @@ setup(
         "tokpress.policies.inner",
         "tokpress.patches",
         "tokpress.eval",
+        "tokpress.eval.accuracy",
+        "tokpress.eval.bench",
+        "tokpress.eval.synth",
+        "tokpress.eval.tiny",
     ],
     package_dir={"tokpress": "tokpress", "tokpress.patches": "patches", "tokpress.eval": "eval"},
     package_data={
         "tokpress": ["py.typed"],
-        "tokpress.eval": ["archs/*.json", "models/tokpress-synth-qwen2.5-vl/*"],
+        "tokpress.eval": ["models/tokpress-synth-qwen2.5-vl/*"],
+        "tokpress.eval.bench": ["archs/*.json"],
     },
 )

@@ -12,18 +12,18 @@ from typing import Any
 
 
 def run_benchmark(out: str | None = None, **config: Any) -> list[dict[str, Any]]:
-    """``tokpress bench`` from Python: keyword arguments are :class:`~tokpress.eval.bench.BenchConfig` fields.
+    """``tokpress bench`` from Python: keyword arguments are :class:`~tokpress.eval.bench.runner.BenchConfig` fields.
 
     Returns the result records; with ``out`` also writes the report files there.
     """
-    from tokpress.eval.bench import BenchConfig, run_bench
-    from tokpress.eval.workloads import make_workload
+    from tokpress.eval.bench.runner import BenchConfig, run_bench
+    from tokpress.eval.bench.workloads import make_workload
 
     bench_config = BenchConfig(**config)
     work = make_workload(bench_config)
     records = run_bench(bench_config, work)
     if out is not None:
-        from tokpress.eval.report import write_report
+        from tokpress.eval.bench.report import write_report
 
         write_report(records, work.environment, out)
     return records

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 import tokpress
-from tokpress.eval.eval_data import first_answer
-from tokpress.eval.flops_exact import fastv_prefill_flops
-from tokpress.eval.inputs import video_placeholder_id
+from tokpress.eval.accuracy.data import first_answer
+from tokpress.eval.bench.flops_exact import fastv_prefill_flops
+from tokpress.eval.bench.inputs import video_placeholder_id
 from tokpress.eval.methods import parse_method
-from tokpress.eval.tiny import VideoSpec, moving_square_video, tiny_model
-from tokpress.eval.tiny_processor import tiny_processor
+from tokpress.eval.tiny.families import VideoSpec, moving_square_video, tiny_model
+from tokpress.eval.tiny.processor import tiny_processor
 from tokpress.eval.video import video_metadata_kwargs
 
 #: frame rate of the demo's generated clip (the bench's generated clip uses the same)

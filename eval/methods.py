@@ -39,8 +39,8 @@ def parse_list(text: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------------- option checks
 #
-# Shared by :meth:`BenchConfig.validate <tokpress.eval.bench.BenchConfig.validate>` and
-# :meth:`EvalConfig.validate <tokpress.eval.accuracy.EvalConfig.validate>`: every check runs before a model or a
+# Shared by :meth:`BenchConfig.validate <tokpress.eval.bench.runner.BenchConfig.validate>` and
+# :meth:`EvalConfig.validate <tokpress.eval.accuracy.runner.EvalConfig.validate>`: every check runs before a model or a
 # video is loaded. A failed check raises :class:`ConfigError` whose ``field`` attribute names the config field, so
 # the command line can name its flag (``ratios`` -> ``--ratios``).
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokpress.eval.report import STAGE_LABELS, STAGES, _get, _method_label, _num, _ordered, _ratio_key
+from tokpress.eval.bench.report import STAGE_LABELS, STAGES, _get, _method_label, _num, _ordered, _ratio_key
 
 logger = logging.getLogger(__name__)
 

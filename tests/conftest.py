@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tokpress
-from tokpress.eval import tiny
+from tokpress.eval.tiny import families as tiny
 
 torch.set_num_threads(2)
 

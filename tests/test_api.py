@@ -9,7 +9,7 @@ import torch
 
 import tokpress
 from tokpress.errors import ConfigError, InputError, TokpressError, UnsupportedModelError
-from tokpress.eval import tiny
+from tokpress.eval.tiny import families as tiny
 
 
 def _hooks(model) -> int:

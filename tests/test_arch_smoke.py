@@ -12,8 +12,8 @@ import torch
 
 import tokpress
 from tokpress.config import budget
-from tokpress.eval.archs import random_weight_model, smoke_config
-from tokpress.eval.inputs import synthetic_video_inputs, video_placeholder_id
+from tokpress.eval.bench.archs import random_weight_model, smoke_config
+from tokpress.eval.bench.inputs import synthetic_video_inputs, video_placeholder_id
 
 NEW_ARCHS = ["qwen3-vl-8b", "qwen3-vl-30b-a3b", "qwen3.5-27b", "internvl3.5-8b", "llava-next-video-7b"]
 

@@ -10,7 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from tokpress.errors import ConfigError
-from tokpress.eval import archs, tiny
+from tokpress.eval.bench import archs
+from tokpress.eval.tiny import families as tiny
 
 NAMES = [
     "llava-onevision-0.5b",
@@ -177,7 +178,7 @@ def _count(ids: torch.Tensor, token: int) -> int:
 
 
 def test_qwen3_vl_layout_has_timestamped_blocks_per_temporal_patch():
-    from tokpress.eval.inputs import synthetic_video_inputs, video_token_layout
+    from tokpress.eval.bench.inputs import synthetic_video_inputs, video_token_layout
 
     _require_arch("qwen3-vl-8b")
     config = archs.arch_config("qwen3-vl-8b")
@@ -210,7 +211,7 @@ def test_internvl_and_llava_next_video_layouts():
     _require_type("llava_next_video")
     from transformers import InternVLConfig, LlavaNextVideoConfig
 
-    from tokpress.eval.inputs import synthetic_video_inputs, video_token_layout
+    from tokpress.eval.bench.inputs import synthetic_video_inputs, video_token_layout
 
     internvl = InternVLConfig()  # InternViT 448 px, patch 14, pixel shuffle 0.5: (32 / 2)^2 = 256 per frame
     inputs = synthetic_video_inputs(internvl, 3, text_before=16, text_after=32)
@@ -229,8 +230,8 @@ def test_internvl_and_llava_next_video_layouts():
 
 
 def test_llava_onevision_layout_reports_the_patch_grid():
-    from tokpress.eval.flops_exact import video_tokens
-    from tokpress.eval.inputs import video_token_layout
+    from tokpress.eval.bench.flops_exact import video_tokens
+    from tokpress.eval.bench.inputs import video_token_layout
 
     config = archs.arch_config("llava-onevision-7b")
     layout = video_token_layout(config, 32, 720, 1280)
@@ -350,20 +351,20 @@ def test_llava_05b_short_forward_is_finite(llava_05b):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The tiny models of the new families (modules tokpress.eval.tiny_<family>, written beside this work)
+# The tiny models of the new families (modules tokpress.eval.tiny.<family>, written beside this work)
 
 
 def _family_module(family: str):
     import importlib.util
 
-    if importlib.util.find_spec(f"tokpress.eval.tiny_{family}") is None:
-        pytest.skip(f"tokpress.eval.tiny_{family} does not exist yet")
+    if importlib.util.find_spec(f"tokpress.eval.tiny.{family}") is None:
+        pytest.skip(f"tokpress.eval.tiny.{family} does not exist yet")
     return tiny.family_module(family)
 
 
 @pytest.mark.parametrize("family", getattr(tiny, "MODULE_FAMILIES", ()))
 def test_tiny_family_runs_and_its_placeholders_match_the_count(family):
-    from tokpress.eval import flops_exact as fe
+    from tokpress.eval.bench import flops_exact as fe
 
     module = _family_module(family)
     config = module.config()
@@ -383,7 +384,7 @@ def test_tiny_family_runs_and_its_placeholders_match_the_count(family):
     "name, kind, per_frame", [("internvl3.5-8b", "internvit", 256), ("llava-next-video-7b", "clip", 144)]
 )
 def test_other_families_shipped_configs_have_a_shape(name, kind, per_frame):
-    from tokpress.eval import flops_exact as fe
+    from tokpress.eval.bench import flops_exact as fe
 
     if name not in archs.arch_names():
         pytest.skip(f"{name}.json is not shipped yet")

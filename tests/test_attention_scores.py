@@ -11,8 +11,8 @@ import torch
 
 import tokpress
 from tokpress import registry
-from tokpress.eval.inputs import video_placeholder_id
-from tokpress.eval.tiny import ALL_FAMILIES, make_inputs, tiny_config, tiny_model
+from tokpress.eval.bench.inputs import video_placeholder_id
+from tokpress.eval.tiny.families import ALL_FAMILIES, make_inputs, tiny_config, tiny_model
 from tokpress.ops import topk_sorted
 from tokpress.policies.base import InnerPolicy, InnerTokens, Plan
 from tokpress.registry import register_policy

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from tokpress.cli import app
 from tokpress.config import budget
-from tokpress.eval.bench import BenchConfig, bench_plan, run_bench
-from tokpress.eval.report import write_report
-from tokpress.eval.workloads import make_workload
+from tokpress.eval.bench.report import write_report
+from tokpress.eval.bench.runner import BenchConfig, bench_plan, run_bench
+from tokpress.eval.bench.workloads import make_workload
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,9 +15,12 @@ import tokpress
 from tokpress import cli
 from tokpress.cli import app
 from tokpress.errors import ConfigError, InputError
-from tokpress.eval import accuracy, archs, demo, tiny, video, workloads
-from tokpress.eval.accuracy import EvalConfig
-from tokpress.eval.bench import BenchConfig
+from tokpress.eval import demo, video
+from tokpress.eval.accuracy import runner as accuracy
+from tokpress.eval.accuracy.runner import EvalConfig
+from tokpress.eval.bench import archs, workloads
+from tokpress.eval.bench.runner import BenchConfig
+from tokpress.eval.tiny import families as tiny
 
 LOADERS = [
     (workloads, "default_workload"),

@@ -11,8 +11,8 @@ import torch
 import tokpress
 from conftest import batch_inputs, sample_inputs
 from tokpress.errors import InputError
-from tokpress.eval import tiny
-from tokpress.eval.inputs import video_placeholder_id
+from tokpress.eval.bench.inputs import video_placeholder_id
+from tokpress.eval.tiny import families as tiny
 from tokpress.ops import topk_sorted
 from tokpress.patches.vision import mean_query_attention
 from tokpress.policies.base import InnerPolicy, InnerTokens, OuterPolicy, Plan, VideoTokens

@@ -17,13 +17,13 @@ import tokpress
 from tokpress.cli import app
 from tokpress.config import budget
 from tokpress.errors import ConfigError
-from tokpress.eval import accuracy
-from tokpress.eval.accuracy import RANDOM_WEIGHTS_NOTE, EvalConfig, eval_plan, make_eval_workload, run_eval
-from tokpress.eval.eval_data import chat_prompt, format_prompt, local_samples, match_answer, synth_samples
-from tokpress.eval.eval_report import PLOT_FILES, pareto_front, write_eval_report
-from tokpress.eval.scoring import option_logprobs, prepare, score_options, stack_rows
-from tokpress.eval.stats import agreement, bootstrap_ci, mcnemar
-from tokpress.eval.synth import export_split, load_annotations, make_split
+from tokpress.eval.accuracy import runner as accuracy
+from tokpress.eval.accuracy.data import chat_prompt, format_prompt, local_samples, match_answer, synth_samples
+from tokpress.eval.accuracy.report import PLOT_FILES, pareto_front, write_eval_report
+from tokpress.eval.accuracy.runner import RANDOM_WEIGHTS_NOTE, EvalConfig, eval_plan, make_eval_workload, run_eval
+from tokpress.eval.accuracy.scoring import option_logprobs, prepare, score_options, stack_rows
+from tokpress.eval.accuracy.stats import agreement, bootstrap_ci, mcnemar
+from tokpress.eval.synth.tasks import export_split, load_annotations, make_split
 
 PNG = b"\x89PNG\r\n\x1a\n"
 N_BOOT = 200
@@ -335,8 +335,8 @@ def test_config_validation():
 def test_video_metadata_sets_the_temporal_spacing(work, tmp_path):
     """Synth frames carry their 2 fps to Qwen2.5-VL's processor (1 s per temporal grid), decoded files their own
     rate; processors without ``second_per_grid_ts`` get nothing; no frame rate, nothing."""
-    from tokpress.eval.synth import SYNTH_FPS
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.synth.tasks import SYNTH_FPS
+    from tokpress.eval.tiny.processor import tiny_processor
     from tokpress.eval.video import video_metadata_kwargs
 
     sample = synth_samples(1)[0]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tokpress.errors import InputError
-from tokpress.eval.accuracy import STREAM_FILE, EvalConfig, evaluate, make_eval_workload
-from tokpress.eval.report import _jsonable
+from tokpress.eval.accuracy.runner import STREAM_FILE, EvalConfig, evaluate, make_eval_workload
+from tokpress.eval.bench.report import _jsonable
 
 TIMING = ("ttft_ms", "decode_ms", "preprocess_ms")
 

@@ -10,9 +10,9 @@ import torch
 import tokpress
 from tokpress.config import budget
 from tokpress.errors import InputError
-from tokpress.eval import tiny
-from tokpress.eval import tiny_internvl as T
-from tokpress.eval.tiny import IMAGE_ID, VISION_END_ID, VISION_START_ID, VideoSpec, moving_square_video
+from tokpress.eval.tiny import families as tiny
+from tokpress.eval.tiny import internvl as T
+from tokpress.eval.tiny.families import IMAGE_ID, VISION_END_ID, VISION_START_ID, VideoSpec, moving_square_video
 from tokpress.ops import topk_sorted
 from tokpress.patches.internvl import InternVLAdapter
 from tokpress.policies.base import Grid, OuterPolicy, Plan, VideoTokens

@@ -1,7 +1,7 @@
 """LLaVA-NeXT-Video: the adapter's video layout, images left alone, the vision-attention capture against eager
 CLIP attention weights, the real processor end to end, and HoliTom through ``generate``.
 
-Tiny model (``tokpress.eval.tiny_llava_next_video``): 56 px CLIP, 7 px patches -> 8 x 8 patches + CLS; features
+Tiny model (``tokpress.eval.tiny.llava_next_video``): 56 px CLIP, 7 px patches -> 8 x 8 patches + CLS; features
 of layer -2 without CLS, average-pooled with stride 2 -> 4 x 4 = 16 tokens per frame; 8 frames -> 128 tokens.
 """
 
@@ -15,8 +15,8 @@ import torch
 import tokpress
 from conftest import batch_inputs, sample_inputs
 from tokpress.errors import InputError, UnsupportedModelError
-from tokpress.eval import tiny
-from tokpress.eval import tiny_llava_next_video as lnv
+from tokpress.eval.tiny import families as tiny
+from tokpress.eval.tiny import llava_next_video as lnv
 from tokpress.ops import topk_sorted
 from tokpress.patches.base import VideoSpan
 from tokpress.patches.llava_next_video import LlavaNextVideoAdapter

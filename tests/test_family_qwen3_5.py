@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import tokpress
-from tokpress.eval import tiny, tiny_qwen3_5
-from tokpress.eval.tiny import VIDEO_ID, VideoSpec
+from tokpress.eval.tiny import families as tiny
+from tokpress.eval.tiny import qwen3_5 as tiny_qwen3_5
+from tokpress.eval.tiny.families import VIDEO_ID, VideoSpec
 
 GEN = dict(do_sample=False, suppress_tokens=[tiny.IMAGE_ID, VIDEO_ID])
 

@@ -9,8 +9,9 @@ import torch
 
 import tokpress
 from tokpress import registry
-from tokpress.eval import tiny, tiny_qwen3_vl
-from tokpress.eval.tiny import VIDEO_ID, VideoSpec
+from tokpress.eval.tiny import families as tiny
+from tokpress.eval.tiny import qwen3_vl as tiny_qwen3_vl
+from tokpress.eval.tiny.families import VIDEO_ID, VideoSpec
 from tokpress.ops import group_mean
 from tokpress.patches.deepstack import EMBEDS_KWARG, MASK_KWARG
 from tokpress.policies.base import Grid, OuterPolicy, Plan, VideoTokens
@@ -167,7 +168,7 @@ def test_real_processor_output_is_compressed_end_to_end(get_model, family):
     """Frames -> Qwen3VLProcessor (timestamps from the fps metadata) -> tiny model -> tokpress."""
     from transformers.video_utils import VideoMetadata
 
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.tiny.processor import tiny_processor
 
     processor = tiny_processor(family)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What moves?"}]}]

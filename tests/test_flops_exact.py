@@ -7,12 +7,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tokpress.errors import ConfigError
-from tokpress.eval import archs, tiny
-from tokpress.eval import flops_exact as fe
+from tokpress.eval.bench import archs
+from tokpress.eval.bench import flops_exact as fe
+from tokpress.eval.tiny import families as tiny
 from tokpress.flops import fastv_flops
 from tokpress.state import Stats
 
-# The tiny Qwen2.5-VL of tokpress.eval.tiny: d=64, m=128, 4 layers, 4 query heads and 2 kv heads of width 16,
+# The tiny Qwen2.5-VL of tokpress.eval.tiny.families: d=64, m=128, 4 layers, 4 query heads and 2 kv heads of width 16,
 # vocabulary 256. Vision: width 32, MLP 64 (gated), 2 blocks (block 1 full attention), 2 heads, patch 14,
 # temporal patch 2, merge 2, window 56 px = 2 merged tokens a side, merger 128 -> 128 -> 64.
 TINY = "qwen2_5_vl"
@@ -398,7 +399,7 @@ def test_new_families_equal_torch_flop_counter(family, one_thread):
     count includes) and sees the reference conv1d's ``K-1`` extra padded outputs (which the count leaves out).
     MoE experts run the eager implementation (the counter does not count grouped-mm kernels).
     """
-    from tokpress.eval.inputs import synthetic_video_inputs
+    from tokpress.eval.bench.inputs import synthetic_video_inputs
 
     config = small_config(family)
     model = archs.random_weight_model(config, "cpu", torch.float32, attn="eager").requires_grad_(False)

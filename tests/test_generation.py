@@ -8,7 +8,7 @@ import torch
 
 import tokpress
 from conftest import batch_inputs
-from tokpress.eval import tiny
+from tokpress.eval.tiny import families as tiny
 
 STAGES = {
     "outer": dict(outer="evs", retain_ratio=0.25),

@@ -15,7 +15,7 @@ import torch
 import tokpress
 from conftest import batch_inputs, sample_inputs
 from tokpress.config import budget
-from tokpress.eval import tiny
+from tokpress.eval.tiny import families as tiny
 from tokpress.registry import get_preset
 
 FAMILIES = tiny.ALL_FAMILIES

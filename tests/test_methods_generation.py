@@ -10,7 +10,7 @@ from test_invariants import CACHE_CHANGES_SEMANTICS, GEN, METHODS, RATIO, _apply
 import tokpress
 from conftest import batch_inputs
 from tokpress.errors import InputError
-from tokpress.eval import tiny
+from tokpress.eval.tiny import families as tiny
 
 FAMILIES = ("qwen2_5_vl", "llava_onevision")
 CASES = [(f, m) for f in FAMILIES for m in METHODS]
@@ -125,7 +125,7 @@ def test_a_compressed_prefix_cache_serves_every_question(get_model, family, meth
     reads the last query's attention, so its plan comes from the prefix: it is checked only for running."""
     import copy
 
-    from tokpress.eval.scoring import _continuation_positions
+    from tokpress.eval.accuracy.scoring import _continuation_positions
 
     model = get_model(family)
     inputs = tiny.make_inputs(family, prompts=[(5, 7)])

@@ -1,8 +1,8 @@
 """End to end through the real Hugging Face processors: RGB frames -> processor -> tiny model -> tokpress.
 
-The processors are the actual ``transformers`` classes built offline by :func:`tokpress.eval.tiny_processor`, so
+The processors are the actual ``transformers`` classes built offline by :func:`tokpress.eval.tiny.processor`, so
 the token layout, pixel packing, ``mm_token_type_ids`` and ``second_per_grid_ts`` are whatever the installed
-``transformers`` produces, not the hand-made layout of :func:`tokpress.eval.tiny.make_inputs`.
+``transformers`` produces, not the hand-made layout of :func:`tokpress.eval.tiny.families.make_inputs`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,15 @@ import pytest
 import torch
 
 import tokpress
-from tokpress.eval.tiny import FAMILIES, VIDEO_ID, VideoSpec, moving_square_video, tiny_model, video_token_count
-from tokpress.eval.tiny_processor import tiny_processor
+from tokpress.eval.tiny.families import (
+    FAMILIES,
+    VIDEO_ID,
+    VideoSpec,
+    moving_square_video,
+    tiny_model,
+    video_token_count,
+)
+from tokpress.eval.tiny.processor import tiny_processor
 
 SPEC = VideoSpec(frames=8, height=112, width=112)
 RATIO = 0.25

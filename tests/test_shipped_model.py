@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import tokpress
-from tokpress.eval.accuracy import SHIPPED_MODEL
-from tokpress.eval.eval_data import synth_samples
-from tokpress.eval.scoring import choose, option_logprobs, prepare
-from tokpress.eval.synth import TASKS
+from tokpress.eval.accuracy.data import synth_samples
+from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+from tokpress.eval.accuracy.scoring import choose, option_logprobs, prepare
+from tokpress.eval.synth.tasks import TASKS
 
 N_VIDEOS = 60  # the first 60 test videos: 12 per task family
 FILES = (
@@ -65,7 +65,7 @@ def test_shipped_model_answers_with_all_tokens(shipped):
 def test_shipped_model_reads_the_needle_shape_and_colour(shipped):
     """Both needle questions of 12 test videos: the first shipped model read the colour (1.00) but not the shape
     (0.52 on 100 videos) of the token it attended to."""
-    from tokpress.eval.train_synth import val_samples
+    from tokpress.eval.synth.train import val_samples
 
     model, processor, _ = shipped
     samples = val_samples(12, ["needle"], split="test", by_question=True)
@@ -93,9 +93,9 @@ def test_quarter_of_the_frames_loses_needle_and_count(shipped):
 
 
 def test_bench_default_runs_the_shipped_model_on_a_synth_video():
-    from tokpress.eval.bench import BenchConfig, run_bench
-    from tokpress.eval.synth import make_split
-    from tokpress.eval.workloads import BENCH_SYNTH_INDEX, BENCH_SYNTH_TASK, make_workload
+    from tokpress.eval.bench.runner import BenchConfig, run_bench
+    from tokpress.eval.bench.workloads import BENCH_SYNTH_INDEX, BENCH_SYNTH_TASK, make_workload
+    from tokpress.eval.synth.tasks import make_split
 
     config = BenchConfig(methods=("none", "frames"), ratios=(0.25,), repeats=1, warmup=0, max_new_tokens=2)
     work = make_workload(config)

@@ -10,10 +10,10 @@ import torch
 
 import tokpress
 from tokpress.errors import InputError
-from tokpress.eval import tiny
-from tokpress.eval.accuracy import summarize
-from tokpress.eval.eval_data import UNTAGGED, first_answer, local_samples
-from tokpress.eval.synth import load_annotations
+from tokpress.eval.accuracy.data import UNTAGGED, first_answer, local_samples
+from tokpress.eval.accuracy.runner import summarize
+from tokpress.eval.synth.tasks import load_annotations
+from tokpress.eval.tiny import families as tiny
 
 
 @pytest.mark.parametrize("ratio", [np.float32(0.25), np.float64(0.25), torch.tensor(0.25), np.array(0.25)])
@@ -111,9 +111,9 @@ def test_same_answer_compares_the_answer_not_every_token(a, b, same):
 def test_naming_the_shipped_model_runs_it_on_its_own_synth_videos(monkeypatch, tmp_path):
     """`--model <the shipped folder>` used to switch to a 32-frame generated video; it now runs what the default
     runs (the synth test videos the model was trained on). Another folder still loads as a pretrained model."""
-    from tokpress.eval import workloads
-    from tokpress.eval.accuracy import SHIPPED_MODEL
-    from tokpress.eval.bench import BenchConfig
+    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+    from tokpress.eval.bench import workloads
+    from tokpress.eval.bench.runner import BenchConfig
 
     monkeypatch.setattr(workloads, "default_workload", lambda config: "default")
     monkeypatch.setattr(workloads, "pretrained_workload", lambda config: "pretrained")

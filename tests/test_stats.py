@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tokpress.eval.stats import (
+from tokpress.eval.accuracy.stats import (
     agreement,
     binomial_cdf_half,
     bootstrap_ci,

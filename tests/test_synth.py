@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tokpress.errors import ConfigError
-from tokpress.eval import synth, synth_solvers
+from tokpress.eval.synth import solvers as synth_solvers
+from tokpress.eval.synth import tasks as synth
 
 N_PER_TASK = 30
 

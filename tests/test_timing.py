@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tokpress.eval import timing
+from tokpress.eval.bench import timing
 
 
 def test_clock_synchronises_cuda_before_each_reading(monkeypatch):

@@ -1,4 +1,4 @@
-"""``tokpress.eval.train_synth`` on a micro config: the training rows are exactly the eval prompt and answer, the
+"""``tokpress.eval.synth.train`` on a micro config: the training rows are exactly the eval prompt and answer, the
 shared-vision / token-drop forward equals ``model(...)`` unpatched and under ``tokpress.apply(outer="random")``,
 a 3-step run writes a checkpoint that the Auto classes load offline and that generates, the curve has its fields,
 runs are deterministic, ``--resume`` continues, and one batch is overfit (loss falls)."""
@@ -14,11 +14,11 @@ import torch
 
 import tokpress
 from tokpress.config import budget
-from tokpress.eval import synth_batches as sb
-from tokpress.eval import synth_heads as sh
-from tokpress.eval import train_synth as ts
-from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
-from tokpress.eval.synth import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions, quadrant
+from tokpress.eval.accuracy.data import chat_prompt, encode_answers, format_prompt
+from tokpress.eval.synth import batches as sb
+from tokpress.eval.synth import heads as sh
+from tokpress.eval.synth import train as ts
+from tokpress.eval.synth.tasks import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions, quadrant
 from tokpress.eval.video import video_metadata_kwargs
 
 
@@ -135,8 +135,8 @@ def test_temporal_positions_are_distinct(processor):
     """tokens_per_second=1 with the synth frame rate (2 fps -> 1 s per temporal grid): temporal M-RoPE ids 0..7 in
     training and in the eval path (``prepare`` passes the metadata) on every supported transformers version;
     without metadata the processor assumes 24 fps and the ids collapse."""
-    from tokpress.eval.eval_data import synth_samples
-    from tokpress.eval.scoring import prepare
+    from tokpress.eval.accuracy.data import synth_samples
+    from tokpress.eval.accuracy.scoring import prepare
 
     model = ts.build_model(ts.MICRO)
     batch = sb.build_batch(_spec(videos=(("direction", 0, False),)))

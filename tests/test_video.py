@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tokpress.errors import InputError
-from tokpress.eval.tiny import VideoSpec, moving_square_video
+from tokpress.eval.tiny.families import VideoSpec, moving_square_video
 from tokpress.eval.video import load_video, sample_count, timed_load, uniform_indices, write_video
 
 pytest.importorskip("av")
@@ -118,7 +118,7 @@ def test_mpeg4_fallback_codec(tmp_path):
 def test_frame_rate_reaches_qwen_processors_as_metadata(caplog):
     """Qwen2.5-VL: second_per_grid_ts = temporal patch 2 / 4 fps = 0.5 s; Qwen3-VL: frame i at i / 4 s, each 2-frame
     block stamped at its mean, so 8 frames give <0.1>, <0.6>, <1.1>, <1.6> seconds. No warning on this path."""
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.tiny.processor import tiny_processor
     from tokpress.eval.video import uses_frame_rate, video_metadata_kwargs
 
     frames = moving_square_video(VideoSpec(frames=8, height=56, width=56))
@@ -141,7 +141,7 @@ def test_frame_rate_reaches_qwen_processors_as_metadata(caplog):
 
 @pytest.mark.parametrize("fps", [None, 0.0, float("nan"), -2.0])
 def test_missing_frame_rate_warns_with_the_fix(caplog, fps):
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.tiny.processor import tiny_processor
     from tokpress.eval.video import video_metadata_kwargs
 
     with caplog.at_level("WARNING", logger="tokpress.eval.video"):

@@ -276,7 +276,7 @@ def demo(
 ) -> None:
     """Compress a generated video on a tiny built-in model (offline) and show tokens, FLOPs and timings."""
     from tokpress.eval.methods import check_count, check_methods, check_ratios, parse_list
-    from tokpress.eval.tiny import ALL_FAMILIES
+    from tokpress.eval.tiny.families import ALL_FAMILIES
 
     if family not in ALL_FAMILIES:
         raise _flag_error("--family", f"{family!r} is not a tiny family; choose one of {', '.join(ALL_FAMILIES)}")
@@ -336,7 +336,7 @@ def bench(
     ),
     question: str = typer.Option("What happens in the video? Answer briefly.", help="The prompt's question."),
     methods: str = typer.Option(
-        ",".join(__import__("tokpress.eval.bench", fromlist=["x"]).DEFAULT_METHODS),
+        ",".join(__import__("tokpress.eval.bench.runner", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, methods, or outer+inner specs.",
     ),
     ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios, each in (0, 1]."),
@@ -356,18 +356,18 @@ def bench(
     list_archs: bool = typer.Option(False, "--list-archs", help="List the shipped architectures and exit."),
 ) -> None:
     """Compare methods x retain ratios: TTFT by stage, the oracle, FLOPs, memory, decode speed, answers."""
-    from tokpress.eval.bench import BenchConfig, bench_plan, run_bench
+    from tokpress.eval.bench.runner import BenchConfig, bench_plan, run_bench
     from tokpress.eval.methods import check_writable, parse_list
 
     console = _console()
     if list_archs:
-        from tokpress.eval.archs import arch_names
+        from tokpress.eval.bench.archs import arch_names
 
         for name in arch_names():
             console.print(name)
         return
     if arch:
-        from tokpress.eval.archs import arch_names
+        from tokpress.eval.bench.archs import arch_names
 
         if not random_weights:
             raise _flag_error("--arch", "it instantiates random weights: add --random-weights to confirm")
@@ -394,8 +394,8 @@ def bench(
     config.validate()
     check_writable(out)
 
-    from tokpress.eval.report import print_table, write_report
-    from tokpress.eval.workloads import make_workload
+    from tokpress.eval.bench.report import print_table, write_report
+    from tokpress.eval.bench.workloads import make_workload
 
     _note("bench: loading the model")
     work = make_workload(config)
@@ -418,12 +418,12 @@ def eval_command(
     ),
     benchmark: str = typer.Option("synth", help="'synth' (generated test split) or a local dataset folder."),
     methods: str = typer.Option(
-        ",".join(__import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_METHODS),
+        ",".join(__import__("tokpress.eval.accuracy.runner", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, methods, or outer+inner specs (the uncompressed model always runs).",
     ),
     ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios, each in (0, 1]."),
     n: int = typer.Option(
-        __import__("tokpress.eval.accuracy", fromlist=["x"]).DEFAULT_N,
+        __import__("tokpress.eval.accuracy.runner", fromlist=["x"]).DEFAULT_N,
         help="Questions (>= 1): synth: videos of the test split; a local dataset: its first n.",
     ),
     seed: int = typer.Option(0, help="Seed of the bootstrap (and of the random method)."),
@@ -445,7 +445,7 @@ def eval_command(
     ),
 ) -> None:
     """Accuracy of methods x retain ratios on a video-QA benchmark, with CIs, McNemar, agreement, FLOPs and TTFT."""
-    from tokpress.eval.accuracy import (
+    from tokpress.eval.accuracy.runner import (
         RANDOM_WEIGHTS_NOTE,
         EvalConfig,
         eval_plan,
@@ -476,7 +476,7 @@ def eval_command(
     config.validate()
     check_writable(out)
 
-    from tokpress.eval.eval_report import print_eval_table
+    from tokpress.eval.accuracy.report import print_eval_table
 
     console = _console()
     _note("eval: loading the model")

@@ -83,8 +83,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tokpress.errors import ConfigError
-
-from .archs import decoder_shape, model_shape
+from tokpress.eval.bench.archs import decoder_shape, model_shape
 
 Grid = Sequence[int]
 
@@ -192,7 +191,7 @@ def decoder_layer_flops(config, n: int, *, causal: bool = True, layer: int = 0) 
     """FLOPs of decoder layer ``layer`` over ``n`` tokens, by component.
 
     Args:
-        config: a ``transformers`` config or a :func:`~tokpress.eval.archs.model_shape` dict.
+        config: a ``transformers`` config or a :func:`~tokpress.eval.bench.archs.model_shape` dict.
         n: tokens the layer processes (queries = keys in a prefill).
         causal: count the lower triangle of the attention (see the module docstring).
         layer: which layer (its attention and MLP kinds come from ``layer_types`` / ``mlp_types``).
@@ -413,8 +412,9 @@ def exact_prefill_flops(
     """Exact FLOPs of one prefill: decoder (+ ``lm_head``), vision encoder and the caller's selection overhead.
 
     Args:
-        config: a ``transformers`` config (e.g. ``model.config`` or :func:`~tokpress.eval.archs.arch_config`) or a
-            :func:`~tokpress.eval.archs.model_shape` dict.
+        config: a ``transformers`` config (e.g. ``model.config`` or :func:`~tokpress.eval.bench.archs.arch_config`) or
+       a
+            :func:`~tokpress.eval.bench.archs.model_shape` dict.
         tokens_per_layer: sequence tokens each decoder layer processes (one sample), e.g.
             ``model.tokpress.last.tokens_per_layer[b]``; an int for an uncompressed prefill.
         video_grid: patch grid ``(t, h, w)`` of the video(s) the vision encoder ran on (``video_grid_thw`` rows for

@@ -1,7 +1,7 @@
 """Reports of ``tokpress eval``: ``results.json``, ``results.csv`` (summary rows), ``samples.csv`` (per-sample rows),
 ``report.md`` and PNG plots — accuracy vs retention per method, and the Pareto views accuracy vs FLOPs and vs TTFT.
 
-Input is the record list of :func:`tokpress.eval.accuracy.run_eval`: ``kind="summary"`` records (one per model x
+Input is the record list of :func:`tokpress.eval.accuracy.runner.run_eval`: ``kind="summary"`` records (one per model x
 method x ratio x task family, plus ``task="all"``) and ``kind="sample"`` records. Missing numbers show as "—" and are
 left out of the plots. Plots use matplotlib's object API on the Agg canvas (no pyplot, the global backend untouched).
 """
@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from tokpress.eval import plots
-from tokpress.eval.report import DASH, _fixed, _flatten, _jsonable, _md_row, _num, _ratio_key, _si, environment_lines
+from tokpress.eval.bench.report import (
+    DASH,
+    _fixed,
+    _flatten,
+    _jsonable,
+    _md_row,
+    _num,
+    _ratio_key,
+    _si,
+    environment_lines,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -473,12 +483,12 @@ def write_eval_report(
     table of :func:`render_task_table`) and the PNG plots into ``out_dir``.
 
     Args:
-        records: from :func:`~tokpress.eval.accuracy.run_eval`.
+        records: from :func:`~tokpress.eval.accuracy.runner.run_eval`.
         environment: free-form strings (device, torch, transformers, model, benchmark, scoring, ...).
         out_dir: created if missing; files of the same names are overwritten.
         command: the command line to record; default: this process's ``sys.argv``.
         notes: shown at the top of the report (e.g. that the weights are random) and stored in the JSON.
-        config: the :class:`~tokpress.eval.accuracy.EvalConfig`, stored in the JSON and used for the rules text.
+        config: the :class:`~tokpress.eval.accuracy.runner.EvalConfig`, stored in the JSON and used for the rules text.
         plots: also write the PNGs (needs matplotlib).
 
     Returns:

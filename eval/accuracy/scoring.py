@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from tokpress.errors import InputError
-from tokpress.eval.eval_data import EvalSample, answer_texts, chat_prompt, encode_answers, format_prompt, match_answer
+from tokpress.eval.accuracy.data import (
+    EvalSample,
+    answer_texts,
+    chat_prompt,
+    encode_answers,
+    format_prompt,
+    match_answer,
+)
 from tokpress.patches.cache_arg import CACHE_KWARG, output_cache
 
 logger = logging.getLogger("tokpress")

@@ -1,6 +1,6 @@
 r"""Train a small real ``Qwen2_5_VLForConditionalGeneration`` from scratch on the synth video-QA generator.
 
-Run as ``python -m tokpress.eval.train_synth --out DIR [--steps N] [--batch B] [--device cuda|cpu] ...``. ``DIR``
+Run as ``python -m tokpress.eval.synth.train --out DIR [--steps N] [--batch B] [--device cuda|cpu] ...``. ``DIR``
 becomes a Hugging Face checkpoint directory (``config.json``, ``generation_config.json``, ``model.safetensors``,
 ``tokenizer.json``, ``tokenizer_config.json``, ``processor_config.json``, ``chat_template.jinja``) that
 ``AutoModelForImageTextToText.from_pretrained(DIR)`` and ``AutoProcessor.from_pretrained(DIR)`` load offline, plus
@@ -13,10 +13,10 @@ How the shipped model was trained (2 CPU cores, no GPU; the exact commands, curv
 fine-tune of that checkpoint with a fresh optimizer (72 min), which took the needle's shape question from 0.52 to
 1.00::
 
-    python -m tokpress.eval.train_synth --out out/phase1 --device cpu --threads 2 --workers 1 --steps 5750 \
+    python -m tokpress.eval.synth.train --out out/phase1 --device cpu --threads 2 --workers 1 --steps 5750 \
         --batch 16 --lr 1e-3 --warmup 150 --token-drop 0.3 --drop-start 1500 --eval-every 250 --val-n 250 \
         --test-n 500 --aux-weight 0.5 --aux-layer 1 --evidence-weight 1.0
-    python -m tokpress.eval.train_synth --out out/tokpress-synth-qwen2.5-vl --device cpu --threads 2 --workers 1 \
+    python -m tokpress.eval.synth.train --out out/tokpress-synth-qwen2.5-vl --device cpu --threads 2 --workers 1 \
         --steps 3000 --batch 16 --lr 5e-4 --warmup 100 --token-drop 0.3 --drop-start 0 --eval-every 250 \
         --val-n 400 --test-n 500 --aux-weight 0.5 --aux-layer 1 --evidence-weight 1.0 --init-from out/phase1
     # then copy out/tokpress-synth-qwen2.5-vl (not the sibling .state directory) to
@@ -33,14 +33,14 @@ data built in one worker process).
 Design decisions (``/work/shared/reference/synthetic-training.md`` records the first trial that motivated them;
 ``eval/results/train-synth-cpu-trial/`` the second):
 
-**Model and tokenizer.** :mod:`tokpress.eval.synth_model`: a real ``Qwen2_5_VLConfig`` (vision 2 x 96, text
+**Model and tokenizer.** :mod:`tokpress.eval.synth.model`: a real ``Qwen2_5_VLConfig`` (vision 2 x 96, text
 4 x 192, ~3.1 M parameters, 12.5 MB in fp32; 16 frames of 112x112 -> ``[8, 8, 8]`` patches -> **128 video
 tokens**), small RoPE bases, ``tokens_per_second = 1``, and a *word-level* tokenizer that keeps the special ids
-of :mod:`tokpress.eval.tiny_processor`: every option is one token, a prompt is ~35 text tokens. The second trial
+of :mod:`tokpress.eval.tiny.processor`: every option is one token, a prompt is ~35 text tokens. The second trial
 used the character tokenizer: its mean per-token loss fell to 0.29 while option accuracy stayed at chance,
 because the easy continuation characters dominated the loss and the prompts were ~190 tokens long.
 
-**Prompt and answer, exactly as** :mod:`tokpress.eval.accuracy` **scores them.** The first turn of every row is
+**Prompt and answer, exactly as** :mod:`tokpress.eval.accuracy.runner` **scores them.** The first turn of every row is
 ``chat_prompt(processor, format_prompt(question, options, "word"))`` followed by the answer word and
 ``<|im_end|>``; the loss is cross-entropy on the answer tokens only. Eval scores every option by the mean
 log-likelihood of the same tokens, so the training target is the scoring rule.
@@ -89,8 +89,9 @@ policy identically for every video), and because tokpress's hooks are written fo
 model patched with ``tokpress.apply(outer="random")`` for the same kept set.
 
 **Validation and selection.** Every ``--eval-every`` steps the model scores ``--val-n`` videos of the val split (one
-question each, tasks in turn, as ``tokpress eval`` draws the test split) with :func:`tokpress.eval.scoring.prepare`
-and :func:`~tokpress.eval.scoring.option_logprobs` (mean log-likelihood, the eval default), optionally also under
+question each, tasks in turn, as ``tokpress eval`` draws the test split) with
+:func:`~tokpress.eval.accuracy.scoring.prepare` and :func:`~tokpress.eval.accuracy.scoring.option_logprobs` (mean
+log-likelihood, the eval default), optionally also under
 ``tokpress.apply(outer="random")`` at ``--val-ratios``. The checkpoint with the best mean per-task accuracy (ties:
 the later one) is saved. At the end the best checkpoint is scored on ``--test-n`` test videos (the split
 ``tokpress eval`` uses) and the README records it.
@@ -106,8 +107,8 @@ and weights; resuming at a saved state continues the same run.
 **Not done here:** per-task difficulty schedules beyond ``--easy-until``; training through tokpress's own hooks.
 
 **Modules.** This one holds the configuration, the forward pass and losses, the loop and the command line; the batches
-(rendering, encoding, per-token labels, evidence) are :mod:`tokpress.eval.synth_batches`, the training-only probes
-and the evidence head :mod:`tokpress.eval.synth_heads`, the model and tokenizer :mod:`tokpress.eval.synth_model`.
+(rendering, encoding, per-token labels, evidence) are :mod:`tokpress.eval.synth.batches`, the training-only probes
+and the evidence head :mod:`tokpress.eval.synth.heads`, the model and tokenizer :mod:`tokpress.eval.synth.model`.
 """
 
 from __future__ import annotations
@@ -130,10 +131,10 @@ import numpy as np
 import torch
 
 from tokpress.errors import ConfigError
-from tokpress.eval.synth import SYNTH_FPS, TASKS, SynthConfig, make_split
-from tokpress.eval.synth_batches import BatchSpec, iterate_batches
-from tokpress.eval.synth_heads import AuxHeads, EvidenceAttention, answer_word_ids
-from tokpress.eval.synth_model import FAMILY, MICRO, ModelSize, build_model, build_processor, synth_model_config
+from tokpress.eval.synth.batches import BatchSpec, iterate_batches
+from tokpress.eval.synth.heads import AuxHeads, EvidenceAttention, answer_word_ids
+from tokpress.eval.synth.model import FAMILY, MICRO, ModelSize, build_model, build_processor, synth_model_config
+from tokpress.eval.synth.tasks import SYNTH_FPS, TASKS, SynthConfig, make_split
 
 __all__ = ["FAMILY", "MICRO", "ModelSize", "build_model", "build_processor", "synth_model_config", "train", "main"]
 
@@ -364,13 +365,14 @@ def val_samples(
     *,
     by_question: bool = False,
 ) -> list[Any]:
-    """``n`` videos of ``split`` (one question each, tasks in turn) as :class:`~tokpress.eval.eval_data.EvalSample`.
+    """``n`` videos of ``split`` (one question each, tasks in turn) as
+    :class:`~tokpress.eval.accuracy.data.EvalSample`.
 
     ``by_question``: every question of each video instead, with ``task`` set to ``"<task>/<variant>"`` (e.g.
     ``needle/shape``, ``color_extremes/end``; position questions are all ``position/colour``), so
     :func:`accuracy_by_task` reports per kind of question.
     """
-    from tokpress.eval.eval_data import EvalSample
+    from tokpress.eval.accuracy.data import EvalSample
 
     out = []
     for s in make_split(split, n, config, tasks, all_questions=by_question):  # type: ignore[arg-type]
@@ -391,7 +393,7 @@ def accuracy_by_task(
     ``"mean"`` (mean of the per-task accuracies).
     """
     import tokpress
-    from tokpress.eval.scoring import choose, option_logprobs
+    from tokpress.eval.accuracy.scoring import choose, option_logprobs
 
     was_training = model.training
     model.eval()
@@ -415,8 +417,8 @@ def accuracy_by_task(
 
 
 def prepare_samples(model: Any, processor: Any, samples: Sequence[Any]) -> list[Any]:
-    """:func:`tokpress.eval.scoring.prepare` for every sample (word answers, end-of-turn appended)."""
-    from tokpress.eval.scoring import prepare
+    """:func:`tokpress.eval.accuracy.scoring.prepare` for every sample (word answers, end-of-turn appended)."""
+    from tokpress.eval.accuracy.scoring import prepare
 
     return [prepare(model, processor, s, answer_format="word") for s in samples]
 
@@ -566,9 +568,10 @@ def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
         "# tokpress synth model: a tiny Qwen2.5-VL trained on procedural video QA",
         "",
         f"A `Qwen2_5_VLForConditionalGeneration` ({n_params / 1e6:.2f} M parameters) {start} by "
-        "`tokpress.eval.train_synth` on the train split of `tokpress.eval.synth` (16 frames of 112x112 -> 128 video "
+        "`tokpress.eval.synth.train` on the train split of `tokpress.eval.synth.tasks` "
+        "(16 frames of 112x112 -> 128 video "
         "tokens). It answers with the option word followed by `<|im_end|>`, in the prompt format of "
-        "`tokpress eval` (`tokpress.eval.eval_data.WORD_PROMPT`).",
+        "`tokpress eval` (`tokpress.eval.accuracy.data.WORD_PROMPT`).",
         "",
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",
@@ -578,7 +581,7 @@ def write_readme(out: Path, cfg: TrainConfig, summary: dict[str, Any]) -> None:
         "",
         "## Training",
         "",
-        f"- command: `{cfg.command or 'python -m tokpress.eval.train_synth'}`",
+        f"- command: `{cfg.command or 'python -m tokpress.eval.synth.train'}`",
         f"- seed {cfg.seed}; steps run {summary.get('steps_done')} of {cfg.steps}; batch {cfg.batch} videos "
         f"({summary.get('rows_seen', 0)} question rows, {summary.get('videos_seen', 0)} videos in all)",
         f"- lr {cfg.lr} (warmup {cfg.warmup}, cosine to {cfg.min_lr_ratio:g}x); token drop p={cfg.token_drop} from "
@@ -860,7 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """The :class:`TrainConfig` of a command line."""
     d = TrainConfig()
     s = ModelSize()
-    p = argparse.ArgumentParser(prog="python -m tokpress.eval.train_synth", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tokpress.eval.synth.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="checkpoint directory (curve, README; state in OUT.state/)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch, help="videos per step (1-3 question rows each)")
@@ -908,7 +911,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     a = p.parse_args(argv)
     size = MICRO if a.micro else s
     size = dataclasses.replace(size, **{k: getattr(a, k) for k in dataclasses.asdict(s) if getattr(a, k) is not None})
-    command = "python -m tokpress.eval.train_synth " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
+    command = "python -m tokpress.eval.synth.train " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     return TrainConfig(
         out=a.out,
         steps=a.steps,

@@ -1,10 +1,10 @@
-"""Real Hugging Face processors for the tiny models of :mod:`tokpress.eval.tiny`, built in code and offline.
+"""Real Hugging Face processors for the tiny models of :mod:`tokpress.eval.tiny.families`, built in code and offline.
 
 :func:`tiny_processor` returns the family's actual ``transformers`` processor class (``Qwen2VLProcessor``,
 ``Qwen2_5_VLProcessor`` or ``LlavaOnevisionProcessor``) assembled from
 
 * a character-level tokenizer made with the ``tokenizers`` library and wrapped in ``PreTrainedTokenizerFast``. Its
-  256-token vocabulary matches :data:`tokpress.eval.tiny.VOCAB`::
+  256-token vocabulary matches :data:`tokpress.eval.tiny.families.VOCAB`::
 
       0 <pad>   1 <|im_start|>   2 <|im_end|> (eos)   3 <unk>   4.. "\\n" and printable ASCII   ..249 reserved
       250 <|image_pad|> (Qwen) / <image> (LLaVA-OV)   251 <|video_pad|> (Qwen) / <video> (LLaVA-OV)
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokpress.eval.tiny import (
+from tokpress.eval.tiny.families import (
     FAMILIES,
     IMAGE_ID,
     MODULE_FAMILIES,
@@ -173,7 +173,8 @@ def _llava_onevision_processor(tokenizer: Any):
 
 
 def tiny_processor(family: str):
-    """The real ``transformers`` processor of ``family`` (one of :data:`~tokpress.eval.tiny.FAMILIES`), offline.
+    """The real ``transformers`` processor of ``family`` (one of
+    :data:`~tokpress.eval.tiny.families.FAMILIES`), offline.
 
     Returns:
         ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` / ``LlavaOnevisionProcessor`` with a tiny tokenizer, image

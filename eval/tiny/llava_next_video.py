@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tokpress.eval.tiny import _TEXT, IMAGE_ID, VIDEO_ID, VideoSpec, left_pad
+from tokpress.eval.tiny.families import _TEXT, IMAGE_ID, VIDEO_ID, VideoSpec, left_pad
 
 #: Frame side in pixels (the CLIP ``image_size``) and CLIP patch size.
 SIDE, PATCH = 56, 7
@@ -157,7 +157,7 @@ def processor():
     in the checkpoints' style. Frames are never resampled in time."""
     from transformers import LlavaNextImageProcessor, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor
 
-    from tokpress.eval.tiny_processor import tiny_tokenizer
+    from tokpress.eval.tiny.processor import tiny_tokenizer
 
     sizes: dict[str, Any] = dict(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE})
     return LlavaNextVideoProcessor(

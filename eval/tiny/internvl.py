@@ -4,7 +4,7 @@ processor, offline.
 The vision tower is a 2-layer InternViT at 56 px with 7-px patches: an 8 x 8 patch grid plus the CLS token, which
 the ``"default"`` feature strategy drops. Pixel shuffle with ``downsample_ratio`` 0.5 folds each 2 x 2 block of
 patches into one token, so a tile (an image tile or a video frame) is 4 x 4 = 16 LLM tokens
-(``image_seq_length``). The text model is a Qwen2 of :data:`tokpress.eval.tiny._TEXT`.
+(``image_seq_length``). The text model is a Qwen2 of :data:`tokpress.eval.tiny.families._TEXT`.
 
 The processor writes an image as ``<img>`` + 16 x tiles ``<IMG_CONTEXT>`` + ``</img>`` and a video as its frames,
 each a one-tile block behind a text label, joined by newlines::
@@ -15,7 +15,7 @@ Every tile's pixels go into one ``pixel_values`` ``[tiles, 3, 56, 56]`` tensor i
 the batch; the model sees only ``input_ids`` and ``pixel_values``. Shared ids: ``<IMG_CONTEXT>`` 250 (the
 placeholder of image *and* video tokens), ``<video>`` 251 (expanded by the processor, never seen by the model),
 ``<img>`` 252, ``</img>`` 253; every other character is one token of the character-level vocabulary of
-:mod:`tokpress.eval.tiny_processor`. Frames are never protected (:data:`EXTRA` = 0); positions are 1-D.
+:mod:`tokpress.eval.tiny.processor`. Frames are never protected (:data:`EXTRA` = 0); positions are 1-D.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tokpress.eval.tiny import _TEXT, IMAGE_ID, VIDEO_ID, VISION_END_ID, VISION_START_ID, VideoSpec, left_pad
+from tokpress.eval.tiny.families import _TEXT, IMAGE_ID, VIDEO_ID, VISION_END_ID, VISION_START_ID, VideoSpec, left_pad
 
 #: Tile side in pixels (the InternViT ``image_size``) and InternViT patch size.
 SIDE, PATCH = 56, 7
@@ -87,8 +87,8 @@ def config():
 
 @functools.cache
 def _vocab() -> dict[str, int]:
-    """The 256-entry character-level vocabulary of :mod:`tokpress.eval.tiny_processor` with InternVL's names."""
-    from tokpress.eval.tiny_processor import _vocab as shared_vocab
+    """The 256-entry character-level vocabulary of :mod:`tokpress.eval.tiny.processor` with InternVL's names."""
+    from tokpress.eval.tiny.processor import _vocab as shared_vocab
 
     vocab, _ = shared_vocab("qwen2_vl")
     renamed = {SPECIAL_NAMES.get(i, tok): i for tok, i in vocab.items()}
@@ -196,7 +196,7 @@ def grid_tokens(inputs: dict[str, torch.Tensor]) -> list[int]:
 
 
 def tiny_tokenizer():
-    """The character-level tokenizer of :mod:`tokpress.eval.tiny_processor` with InternVL's special tokens
+    """The character-level tokenizer of :mod:`tokpress.eval.tiny.processor` with InternVL's special tokens
     (``<img>``, ``</img>``, ``<IMG_CONTEXT>``, ``<video>`` named as the processor reads them)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

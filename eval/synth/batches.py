@@ -1,9 +1,9 @@
-"""Training batches of the synth video-QA generator for :mod:`tokpress.eval.train_synth`.
+"""Training batches of the synth video-QA generator for :mod:`tokpress.eval.synth.train`.
 
 A batch is a pure function of its :class:`BatchSpec` (step, seed, the videos' tasks and train offsets, the token-drop
 settings), so it can be built in worker processes or inline with identical results. :func:`build_batch` renders the
 videos, encodes every question as the eval prompt (or as packed chat turns), and attaches the dense targets the
-training-only heads of :mod:`tokpress.eval.synth_heads` read: per-token labels (:func:`token_labels`), the evidence
+training-only heads of :mod:`tokpress.eval.synth.heads` read: per-token labels (:func:`token_labels`), the evidence
 tokens of each answer (:func:`evidence_tokens`) and the colour a position question asks about (:func:`asked_color`).
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from tokpress.config import budget
-from tokpress.eval.synth import LAYOUT_COLORS, TASKS, SynthConfig, make_split
-from tokpress.eval.synth_model import build_processor
+from tokpress.eval.synth.model import build_processor
+from tokpress.eval.synth.tasks import LAYOUT_COLORS, TASKS, SynthConfig, make_split
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,12 @@ def encode_rows(
 
     A row's prompt is tokenised exactly as ``processor(text=[chat prompt], videos=[frames])`` tokenises it (the
     ``<|video_pad|>`` placeholder expanded to the video's token count); the answer is the option word plus the
-    tokenizer's end-of-turn token, as :func:`tokpress.eval.eval_data.encode_answers` encodes it for scoring.
+    tokenizer's end-of-turn token, as :func:`tokpress.eval.accuracy.data.encode_answers` encodes it for scoring.
     One row per sample, or with ``pack`` one row per video: the first sample's prompt and answer, then each
     further question as a text-only user turn of the chat template followed by its answer (every answer is a
     target; the first turn is exactly the single-question eval prompt).
     """
-    from tokpress.eval.eval_data import chat_prompt, encode_answers, format_prompt
+    from tokpress.eval.accuracy.data import chat_prompt, encode_answers, format_prompt
 
     video = processor.video_processor(videos=[frames], return_tensors="pt")
     grid = video["video_grid_thw"]
@@ -113,7 +113,7 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
     and ``answer_evidence`` [R, A, N] (:func:`evidence_tokens` of each answer's question). With ``spec.pack`` a
     video's questions are shuffled and packed into one row.
     """
-    from tokpress.eval.tiny import PAD_ID, VIDEO_ID
+    from tokpress.eval.tiny.families import PAD_ID, VIDEO_ID
 
     processor = _processor()
     base = config or SynthConfig()
@@ -179,7 +179,7 @@ def build_batch(spec: BatchSpec, config: SynthConfig | None = None) -> dict[str,
 
 
 def asked_color(sample: Any) -> int:
-    """The :data:`~tokpress.eval.synth.LAYOUT_COLORS` code of the colour a position question asks about, else -1."""
+    """The :data:`~tokpress.eval.synth.tasks.LAYOUT_COLORS` code of a position question's color, else -1."""
     return LAYOUT_COLORS.index(sample.metadata["variant"]) if sample.task == "position" else -1
 
 
@@ -213,7 +213,7 @@ def token_labels(layout: np.ndarray) -> torch.Tensor:
     """Per-video-token targets of a synth video, in Qwen's token order (slot, row, col).
 
     Args:
-        layout: ``[T, grid, grid, 2]`` :attr:`~tokpress.eval.synth.Sample.layout` (colour code, shape code).
+        layout: ``[T, grid, grid, 2]`` :attr:`~tokpress.eval.synth.tasks.Sample.layout` (colour code, shape code).
 
     Returns:
         ``[T / 2 * grid * grid, 6]`` long: colour code, shape code (of the slot's first frame: a one-frame needle
@@ -230,8 +230,8 @@ def token_labels(layout: np.ndarray) -> torch.Tensor:
 def _seconds_per_grid(processor: Any) -> float:
     """``second_per_grid_ts`` the Qwen2.5-VL processor reports for a synth video (``SYNTH_FPS`` metadata: 1.0 s)."""
     if not hasattr(processor, "_synth_spg"):
-        from tokpress.eval.eval_data import chat_prompt
-        from tokpress.eval.synth import SYNTH_FPS
+        from tokpress.eval.accuracy.data import chat_prompt
+        from tokpress.eval.synth.tasks import SYNTH_FPS
         from tokpress.eval.video import video_metadata_kwargs
 
         frames = np.zeros((2, 28, 28, 3), np.uint8)

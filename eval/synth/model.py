@@ -5,7 +5,7 @@
 parameters); :func:`build_processor` the ``Qwen2_5_VLProcessor`` (112x112 frames -> 4x4 merged tokens per
 2-frame slot, ChatML template) with :func:`synth_tokenizer`.
 
-**Word-level tokenizer.** The 256 ids and special tokens of :mod:`tokpress.eval.tiny_processor` (``<|im_end|>``
+**Word-level tokenizer.** The 256 ids and special tokens of :mod:`tokpress.eval.tiny.processor` (``<|im_end|>``
 = 2 is eos, pad = 0, ``<|video_pad|>`` = 251, ...) and its printable characters stay where they are; every word
 of the synth questions, options, prompt templates and chat roles (:func:`synth_words`) takes one of the reserved
 ids. Text is lower-cased and split into words (letters, digits, ``'`` and ``-``: ``top-left`` is one word) and
@@ -79,11 +79,11 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def synth_model_config(size: ModelSize = ModelSize()) -> Any:
-    """The ``Qwen2_5_VLConfig`` of the synth model (the special token ids of :mod:`tokpress.eval.tiny_processor`)."""
+    """The ``Qwen2_5_VLConfig`` of the synth model (the special token ids of :mod:`tokpress.eval.tiny.processor`)."""
     from transformers import Qwen2_5_VLConfig
 
-    from tokpress.eval.tiny import PAD_ID, VISION_TOKEN_IDS, VOCAB
-    from tokpress.eval.tiny_processor import IM_END_ID, IM_START_ID
+    from tokpress.eval.tiny.families import PAD_ID, VISION_TOKEN_IDS, VOCAB
+    from tokpress.eval.tiny.processor import IM_END_ID, IM_START_ID
 
     if size.text_hidden % size.text_heads or (size.text_hidden // size.text_heads) % 2:
         raise ConfigError("text_hidden / text_heads must be an even head dim")
@@ -144,7 +144,7 @@ def build_model(size: ModelSize = ModelSize(), *, seed: int = 0, attn: str = "sd
 def build_processor() -> Any:
     """The model's processor: ``Qwen2_5_VLProcessor`` of ``tiny_processor("qwen2_5_vl")`` (112x112 frames, ChatML
     template) with the word-level :func:`synth_tokenizer`."""
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.tiny.processor import tiny_processor
 
     processor = tiny_processor(FAMILY)
     processor.tokenizer = synth_tokenizer()
@@ -154,8 +154,8 @@ def build_processor() -> Any:
 @functools.cache
 def synth_words() -> tuple[str, ...]:
     """Every word of the synth prompts (sorted): questions of every task, options, prompt templates, chat roles."""
-    from tokpress.eval.eval_data import LETTER_PROMPT, WORD_PROMPT
-    from tokpress.eval.synth import COLORS, TASKS, make_questions, question_vocabulary
+    from tokpress.eval.accuracy.data import LETTER_PROMPT, WORD_PROMPT
+    from tokpress.eval.synth.tasks import COLORS, TASKS, make_questions, question_vocabulary
 
     texts = [WORD_PROMPT, LETTER_PROMPT, "system user assistant", *question_vocabulary()]
     texts += [f"Where is the square when it is {c}?" for c in COLORS]
@@ -170,7 +170,7 @@ def synth_tokenizer() -> Any:
     """The word-level ``PreTrainedTokenizerFast`` of the synth model (see the module doc)."""
     from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
 
-    from tokpress.eval.tiny_processor import UNK_ID, _vocab, fast_tokenizer
+    from tokpress.eval.tiny.processor import UNK_ID, _vocab, fast_tokenizer
 
     vocab, specials = _vocab(FAMILY)
     chars = {tok for tok, i in vocab.items() if UNK_ID < i and len(tok) == 1}

@@ -1,4 +1,5 @@
-"""Tiny Qwen3-VL: the interface of :func:`tokpress.eval.tiny.family_module`, plus the layout shared with Qwen3.5.
+"""Tiny Qwen3-VL: the interface of :func:`tokpress.eval.tiny.families.family_module`, plus the layout shared with
+Qwen3.5.
 
 Qwen3-VL's processor writes one block per temporal patch of 2 frames: ``<{t:.1f} seconds>`` (text), then
 ``<|vision_start|>``, ``(h/32)(w/32)`` video tokens, ``<|vision_end|>``; the chat template wraps the whole video
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tokpress.eval.tiny import (
+from tokpress.eval.tiny.families import (
     _TEXT,
     IMAGE_ID,
     VIDEO_ID,
@@ -159,7 +160,7 @@ def processor():
     resized to multiples of 32 pixels, at most 128 x 128, never resampled in time)."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    from tokpress.eval.tiny_processor import _QWEN_TEMPLATE, tiny_tokenizer
+    from tokpress.eval.tiny.processor import _QWEN_TEMPLATE, tiny_tokenizer
 
     sizes = dict(patch_size=PATCH, temporal_patch_size=TEMPORAL, merge_size=MERGE)
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": UNIT * UNIT, "longest_edge": 128 * 128}, **sizes)

@@ -1,4 +1,4 @@
-"""Training-only heads of :mod:`tokpress.eval.train_synth`: per-token probes and the evidence head.
+"""Training-only heads of :mod:`tokpress.eval.synth.train`: per-token probes and the evidence head.
 
 :class:`AuxHeads` are linear probes on every video token (colour, shape, slot, row, column, "changed"; the colour,
 shape and quadrant *words* through the model's own LM head; the asked colour at a position question's query
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from tokpress.errors import ConfigError
-from tokpress.eval.synth import LAYOUT_COLORS, SHAPES
-from tokpress.eval.synth_batches import LABELS
+from tokpress.eval.synth.batches import LABELS
+from tokpress.eval.synth.tasks import LAYOUT_COLORS, SHAPES
 
 #: Loss weight of the "changed" class of the ``changed`` probe (the other class weighs 1).
 CHANGED_WEIGHT = 10.0
@@ -184,10 +184,10 @@ class EvidenceAttention:
 
 
 def answer_word_ids(processor: Any) -> dict[str, torch.Tensor]:
-    """Token ids of the colour words (in :data:`~tokpress.eval.synth.COLORS` order), shape words (``SHAPES``) and
+    """Token ids of the colour words (in :data:`~tokpress.eval.synth.tasks.COLORS` order), shape words (``SHAPES``) and
     quadrant words (``POSITIONS``);
-    each word must be one token (the word-level tokenizer of :mod:`tokpress.eval.synth_model`)."""
-    from tokpress.eval.synth import COLORS, POSITIONS
+    each word must be one token (the word-level tokenizer of :mod:`tokpress.eval.synth.model`)."""
+    from tokpress.eval.synth.tasks import COLORS, POSITIONS
 
     out = {}
     for name, words in (("color", list(COLORS)), ("shape", list(SHAPES)), ("position", list(POSITIONS))):

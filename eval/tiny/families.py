@@ -27,11 +27,11 @@ VISION_TOKEN_IDS = dict(
 )
 VOCAB = 256
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
-#: Families whose tiny model lives in its own module ``tokpress.eval.tiny_<family>`` (see :func:`family_module`).
+#: Families whose tiny model lives in its own module ``tokpress.eval.tiny.<family>`` (see :func:`family_module`).
 MODULE_FAMILIES = ("qwen3_vl", "qwen3_5", "internvl", "llava_next_video")
 #: Every family with a tiny model.
 ALL_FAMILIES = FAMILIES + MODULE_FAMILIES
-#: Mixture-of-experts variants (``tokpress.eval.tiny_<family>`` too): the dense family's layout and adapter with
+#: Mixture-of-experts variants (``tokpress.eval.tiny.<family>`` too): the dense family's layout and adapter with
 #: a sparse MLP; the invariant matrix runs a subset of methods on them.
 MOE_FAMILIES = ("qwen3_vl_moe", "qwen3_5_moe")
 
@@ -100,7 +100,7 @@ def _llava_onevision_config():
 
 
 def family_module(family: str):
-    """The module ``tokpress.eval.tiny_<family>`` of a family in :data:`MODULE_FAMILIES`.
+    """The module ``tokpress.eval.tiny.<family>`` of a family in :data:`MODULE_FAMILIES`.
 
     Each such module provides, with the meaning the functions of this module have for the original families:
 
@@ -117,7 +117,7 @@ def family_module(family: str):
 
     if family not in MODULE_FAMILIES + MOE_FAMILIES:
         raise ValueError(f"{family!r} has no tiny module; those that do: {MODULE_FAMILIES + MOE_FAMILIES}")
-    return importlib.import_module(f"tokpress.eval.tiny_{family}")
+    return importlib.import_module(f"tokpress.eval.tiny.{family}")
 
 
 def tiny_config(family: str):

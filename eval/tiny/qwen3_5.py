@@ -1,6 +1,7 @@
 """Tiny Qwen3.5: Qwen3-VL's processor layout and vision tower (no deepstack), a hybrid language model.
 
-The interface of :func:`tokpress.eval.tiny.family_module`; inputs are those of :mod:`tokpress.eval.tiny_qwen3_vl`.
+The interface of :func:`tokpress.eval.tiny.families.family_module`; inputs are those of
+:mod:`tokpress.eval.tiny.qwen3_vl`.
 The language model has 4 layers, ``full_attention, linear_attention, linear_attention, full_attention``: the real
 models put one full-attention layer after every three Gated-DeltaNet layers (``full_attention_interval = 4``, the
 first full one at layer 3); the tiny one starts with a full-attention layer so that inner stages at layers 1-3 all
@@ -9,8 +10,8 @@ have attention scores to read, and still runs linear layers after every stage.
 
 from __future__ import annotations
 
-from tokpress.eval import tiny_qwen3_vl as _qwen3_vl
-from tokpress.eval.tiny import VISION_TOKEN_IDS
+from tokpress.eval.tiny import qwen3_vl as _qwen3_vl
+from tokpress.eval.tiny.families import VISION_TOKEN_IDS
 
 EXTRA = 0
 LAYER_TYPES = ["full_attention", "linear_attention", "linear_attention", "full_attention"]

@@ -1,4 +1,4 @@
-"""Hand-written solvers for the procedural video QA tasks of :mod:`tokpress.eval.synth`.
+"""Hand-written solvers for the procedural video QA tasks of :mod:`tokpress.eval.synth.tasks`.
 
 Each solver reads only what a model would get: the raw frames (``[T, H, W, 3]`` uint8, straight from the generator
 or decoded from an exported mp4), the question text and the four options. It never reads a sample's metadata, and it
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tokpress.eval.synth import COLORS, COUNTS, POSITIONS
+from tokpress.eval.synth.tasks import COLORS, COUNTS, POSITIONS
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tokpress.errors import InputError
-from tokpress.eval.synth import SYNTH_FPS, SynthConfig, load_annotations, make_split
+from tokpress.eval.synth.tasks import SYNTH_FPS, SynthConfig, load_annotations, make_split
 
 logger = logging.getLogger("tokpress")
 

@@ -1,9 +1,9 @@
 """``tokpress eval``: multiple-choice accuracy of a video LLM under every method x retention ratio, with statistics
 and the cost of the same runs.
 
-**Samples.** ``benchmark="synth"`` generates the test split of :mod:`tokpress.eval.synth` in memory
+**Samples.** ``benchmark="synth"`` generates the test split of :mod:`tokpress.eval.synth.tasks` in memory
 (``make_split("test", n, config.synth)``, one question per video, tasks in turn). Any other value is a local dataset
-folder in the layout :func:`~tokpress.eval.synth.export_split` writes (``annotations.jsonl`` + ``videos/``; the
+folder in the layout :func:`~tokpress.eval.synth.tasks.export_split` writes (``annotations.jsonl`` + ``videos/``; the
 Video-MME / MVBench field names are understood too); its videos are decoded by :func:`tokpress.eval.video.load_video`,
 the path real benchmarks take. ``n`` keeps the first ``n`` annotations in file order.
 
@@ -38,7 +38,7 @@ over the whole uncompressed sequence (tokpress keeps original positions), since 
 from a padded mask there.
 
 **Cost columns from the same runs.** Before scoring, each batch's prompt is prefilled once more on its own
-(``batch`` prompts, no repetition) on a :class:`~tokpress.eval.timing.Clock`: TTFT = that forward — vision
+(``batch`` prompts, no repetition) on a :class:`~tokpress.eval.bench.timing.Clock`: TTFT = that forward — vision
 encoder, compression and LLM prefill up to the first logits (video decoding and preprocessing are identical for
 every method and recorded apart). Its ``model.tokpress.last.tokens_per_layer`` gives the prefill FLOPs
 (:func:`tokpress.flops.fastv_flops`, the papers' convention) and the token counts. The uncompressed model
@@ -65,8 +65,20 @@ import torch
 
 import tokpress
 from tokpress.errors import InputError
-from tokpress.eval.eval_data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
-from tokpress.eval.flops_exact import fastv_prefill_flops
+from tokpress.eval.accuracy.data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
+from tokpress.eval.accuracy.scoring import (
+    Prepared,
+    _device_dtype,
+    choose,
+    generate_answers,
+    option_logprobs,
+    prepare,
+    stack_rows,
+)
+from tokpress.eval.accuracy.stats import EXACT_BELOW, agreement, bootstrap_ci, mcnemar, mcnemar_test_name
+from tokpress.eval.bench.flops_exact import fastv_prefill_flops
+from tokpress.eval.bench.report import _jsonable
+from tokpress.eval.bench.timing import Clock
 from tokpress.eval.methods import (
     check_attn,
     check_count,
@@ -79,19 +91,7 @@ from tokpress.eval.methods import (
     option_error,
     parse_method,
 )
-from tokpress.eval.report import _jsonable
-from tokpress.eval.scoring import (
-    Prepared,
-    _device_dtype,
-    choose,
-    generate_answers,
-    option_logprobs,
-    prepare,
-    stack_rows,
-)
-from tokpress.eval.stats import EXACT_BELOW, agreement, bootstrap_ci, mcnemar, mcnemar_test_name
-from tokpress.eval.synth import SynthConfig
-from tokpress.eval.timing import Clock
+from tokpress.eval.synth.tasks import SynthConfig
 
 logger = logging.getLogger("tokpress")
 
@@ -99,7 +99,7 @@ DEFAULT_METHODS = ("none", "uniform", "frames", "evs", "fastv", "holitom", "divp
 DEFAULT_RATIOS = (0.5, 0.25, 0.1)
 DEFAULT_N = 40  # videos of the synth test split (8 per task family): < 1 min on 2 CPU cores with the built-in model
 #: Where the trained synth model ships; used when no model is given and it exists.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "tokpress-synth-qwen2.5-vl"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tokpress-synth-qwen2.5-vl"
 #: ``model=`` value that selects the built-in tiny random-weight Qwen2.5-VL explicitly.
 TINY_MODEL = "tiny"
 RANDOM_WEIGHTS_NOTE = (
@@ -151,7 +151,7 @@ class EvalConfig:
         (None: the default 40 synth videos, or a whole local dataset); 0 or less is refused. ``frames`` and ``fps``
         exclude each other.
         """
-        from tokpress.eval.bench import DTYPES
+        from tokpress.eval.bench.runner import DTYPES
 
         if self.answer_format not in ANSWER_FORMATS:
             raise option_error(
@@ -176,7 +176,7 @@ class EvalConfig:
             raise option_error(
                 "benchmark",
                 f"benchmark {self.benchmark!r} is neither 'synth' nor a folder with annotations.jsonl "
-                "(the layout tokpress.eval.synth.export_split writes)",
+                "(the layout tokpress.eval.synth.tasks.export_split writes)",
             )
 
 
@@ -547,7 +547,7 @@ def _summary(model, method, ratio, task, sel, ref, n_boot, seed, alpha, exact_be
 def make_eval_workload(config: EvalConfig) -> EvalWorkload:
     """The model to evaluate: ``config.model`` (``"tiny"``: the built-in one), else the shipped synth model when it
     is installed, else the built-in tiny random-weight Qwen2.5-VL (the report then says so)."""
-    from tokpress.eval.workloads import environment, resolve_device
+    from tokpress.eval.bench.workloads import environment, resolve_device
 
     config.validate()
     device, dtype = resolve_device(config)  # reads .device and .dtype only
@@ -555,8 +555,8 @@ def make_eval_workload(config: EvalConfig) -> EvalWorkload:
     if path is None and (SHIPPED_MODEL / "config.json").is_file():
         path = str(SHIPPED_MODEL)
     if path is None or path == TINY_MODEL:
-        from tokpress.eval.tiny import tiny_model
-        from tokpress.eval.tiny_processor import tiny_processor
+        from tokpress.eval.tiny.families import tiny_model
+        from tokpress.eval.tiny.processor import tiny_processor
 
         if path is None:
             logger.warning("tokpress eval: %s not found; using the built-in random-weight model", SHIPPED_MODEL)
@@ -600,7 +600,7 @@ def evaluate(
     Returns:
         The records and the paths written (name -> path).
     """
-    from tokpress.eval.eval_report import write_eval_report
+    from tokpress.eval.accuracy.report import write_eval_report
 
     config = config or EvalConfig()
     config.validate()

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from tokpress.errors import ConfigError, InputError
-from tokpress.eval.bench import DTYPES, USER_VIDEO_FRAMES, BenchConfig, Workload
-from tokpress.eval.inputs import video_placeholder_id
+from tokpress.eval.bench.inputs import video_placeholder_id
+from tokpress.eval.bench.runner import DTYPES, USER_VIDEO_FRAMES, BenchConfig, Workload
 from tokpress.eval.video import DEFAULT_MAX_FRAMES, video_metadata_kwargs
 
 logger = logging.getLogger("tokpress")
@@ -72,7 +72,7 @@ def _video_frames(
     """``(path, decode)``: the user's video, or a generated one written to ``workdir`` (``generated``: its
     ``[T, H, W, 3]`` frames at ``fps``, default a moving square); ``decode()`` reads it and returns
     ``(frames, sampled fps, seconds)``."""
-    from tokpress.eval.tiny import VideoSpec, moving_square_video
+    from tokpress.eval.tiny.families import VideoSpec, moving_square_video
     from tokpress.eval.video import load_video, write_video
 
     path = config.video
@@ -141,12 +141,12 @@ def _processor_workload(
 def default_workload(config: BenchConfig) -> Workload:
     """The embedded default: the shipped synth model on a synth test video (:func:`synth_workload`) when it is
     installed, else a tiny Qwen2.5-VL with random weights, a generated video and the real (offline) processor."""
-    from tokpress.eval.accuracy import SHIPPED_MODEL
+    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
 
     if (SHIPPED_MODEL / "config.json").is_file():
         return synth_workload(config, SHIPPED_MODEL)
-    from tokpress.eval.tiny import tiny_model
-    from tokpress.eval.tiny_processor import tiny_processor
+    from tokpress.eval.tiny.families import tiny_model
+    from tokpress.eval.tiny.processor import tiny_processor
 
     device, dtype = resolve_device(config)
     model = tiny_model("qwen2_5_vl", attn=config.attn, dtype=dtype).to(device)
@@ -164,9 +164,9 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
     the default question is the sample's own, in ``tokpress eval``'s prompt format, so answers can be checked)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from tokpress.eval.bench import BenchConfig as _Defaults
-    from tokpress.eval.eval_data import format_prompt
-    from tokpress.eval.synth import SYNTH_FPS, make_split
+    from tokpress.eval.accuracy.data import format_prompt
+    from tokpress.eval.bench.runner import BenchConfig as _Defaults
+    from tokpress.eval.synth.tasks import SYNTH_FPS, make_split
 
     device, dtype = resolve_device(config)
     model = AutoModelForImageTextToText.from_pretrained(
@@ -178,7 +178,7 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
     if config.question == _Defaults.question:
         question = format_prompt(sample.question, sample.options)
     env = environment(model, device, dtype, config.attn)
-    env["model"] = f"shipped synth model ({path.name}, trained; tokpress.eval.train_synth)"
+    env["model"] = f"shipped synth model ({path.name}, trained; tokpress.eval.synth.train)"
     if config.video is None:
         env["video"] = (
             f"synth test video {sample.video_id} ({len(sample.frames)} frames at {SYNTH_FPS:g} fps; "
@@ -192,8 +192,8 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
 
 def arch_workload(config: BenchConfig) -> Workload:
     """A published full-size architecture with random weights and synthetic inputs of the processor's layout."""
-    from tokpress.eval.archs import random_weight_model
-    from tokpress.eval.inputs import synthetic_video_inputs
+    from tokpress.eval.bench.archs import random_weight_model
+    from tokpress.eval.bench.inputs import synthetic_video_inputs
 
     device, dtype = resolve_device(config)
     model = random_weight_model(config.arch, device, dtype, attn=config.attn).eval()
@@ -257,7 +257,7 @@ def make_workload(config: BenchConfig) -> Workload:
 
 def _is_shipped(model: str) -> bool:
     """Whether ``--model`` names the shipped synth model's folder (however the path is spelled)."""
-    from tokpress.eval.accuracy import SHIPPED_MODEL
+    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
 
     path = Path(model).expanduser()
     return path.is_dir() and path.resolve() == SHIPPED_MODEL.resolve()

@@ -1,7 +1,7 @@
 """``tokpress bench``: methods x retention ratios on one model and one video — TTFT split into stages, the oracle,
 FLOPs (FastV convention and exact), peak memory, KV-cache size, decode speed and answer agreement.
 
-Stages of one measured request (all on a CUDA-synchronised clock, see :mod:`tokpress.eval.timing`):
+Stages of one measured request (all on a CUDA-synchronised clock, see :mod:`tokpress.eval.bench.timing`):
 
 * ``video_decode`` — reading and sampling the video file (0 for synthetic inputs);
 * ``preprocess`` — the HF processor (resize, patchify, tokenise);
@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 import tokpress
-from tokpress.eval.inputs import video_placeholder_id
+from tokpress.eval.bench.inputs import video_placeholder_id
+from tokpress.eval.bench.timing import Clock, StageTimer
 from tokpress.eval.methods import (
     check_attn,
     check_count,
@@ -38,7 +39,6 @@ from tokpress.eval.methods import (
     option_error,
     parse_method,
 )
-from tokpress.eval.timing import Clock, StageTimer
 from tokpress.patches.cache_arg import output_cache
 
 logger = logging.getLogger("tokpress")
@@ -116,8 +116,8 @@ class BenchConfig:
 
     def _check_synth_frames(self) -> None:
         """The default bench on the shipped model samples a synth test video: at most its frame count."""
-        from tokpress.eval.accuracy import SHIPPED_MODEL
-        from tokpress.eval.synth import SynthConfig
+        from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+        from tokpress.eval.synth.tasks import SynthConfig
 
         total = SynthConfig().frames
         if (SHIPPED_MODEL / "config.json").is_file() and self.frames > total:
@@ -131,7 +131,7 @@ class BenchConfig:
         from pathlib import Path
 
         from tokpress.errors import InputError
-        from tokpress.eval.workloads import video_frame_count
+        from tokpress.eval.bench.workloads import video_frame_count
 
         if not Path(self.video).is_file():
             raise option_error("video", f"video file not found: {self.video!r} (check the path)")
@@ -291,22 +291,22 @@ class Runner:
         return record
 
     def _same_answer(self, answer: torch.Tensor) -> bool:
-        """Whether ``answer`` gives the uncompressed model's answer (:func:`~tokpress.eval.eval_data.first_answer`:
+        """Whether ``answer`` gives the uncompressed model's answer (:func:`~tokpress.eval.accuracy.data.first_answer`:
         the first sentence, not every generated token)."""
-        from tokpress.eval.eval_data import first_answer
+        from tokpress.eval.accuracy.data import first_answer
 
         return first_answer(self.work.decode(answer)) == first_answer(self.work.decode(self.reference))
 
     def _fastv_flops(self, per_layer: list[int]) -> float:
         """FastV-convention FLOPs with the model's per-layer widths (MoE: active experts; linear attention: state)."""
-        from tokpress.eval.flops_exact import fastv_prefill_flops
+        from tokpress.eval.bench.flops_exact import fastv_prefill_flops
 
         return fastv_prefill_flops(self.work.model.config, per_layer)
 
     def _exact_flops(self, per_layer: list[int], inputs: dict) -> float:
         """Exact prefill FLOPs (decoder with GQA, gated MLP / active experts / linear attention, vision encoder,
         lm_head) of sample 0."""
-        from tokpress.eval.flops_exact import exact_prefill_flops, input_video_grid
+        from tokpress.eval.bench.flops_exact import exact_prefill_flops, input_video_grid
 
         config = self.work.model.config
         grid = input_video_grid(config, inputs)
