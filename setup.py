@@ -6,6 +6,8 @@ setup(
     packages=[
         "tokpress",
         "tokpress.ops",
+        "tokpress.integrations",
+        "tokpress.integrations.lmms_eval",
         "tokpress.policies",
         "tokpress.policies.outer",
         "tokpress.policies.inner",
