@@ -10,8 +10,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from tokpress.eval.bench.report import render_markdown  # noqa: E402
-from tokpress.eval.plots import flops_figure, method_styles, stage_figure, ttft_figure  # noqa: E402
+from tokpress.eval.bench.figures import flops_figure, stage_figure, ttft_figure  # noqa: E402
+from tokpress.eval.bench.tables import render_markdown  # noqa: E402
+from tokpress.eval.plots import method_styles  # noqa: E402
 
 OUTER = ["uniform", "random", "frames", "evs", "divprune", "visionzip", "fastvid", "vidcom2", "scissor"]
 INNER = ["fastv", "pdrop", "framefusion", "sttm"]

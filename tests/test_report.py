@@ -9,7 +9,9 @@ import json
 import pytest
 from rich.console import Console
 
-from tokpress.eval.bench.report import derive, print_table, render_markdown, write_report
+from tokpress.eval.bench.records import derive
+from tokpress.eval.bench.report import print_table, write_report
+from tokpress.eval.bench.tables import render_markdown
 
 MODEL = "tiny-qwen2.5-vl"
 ENV = {"device": "NVIDIA H100 80GB", "driver": "550.54", "cuda": "12.4", "torch": "2.15.0", "attn": "sdpa"}

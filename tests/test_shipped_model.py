@@ -65,7 +65,7 @@ def test_shipped_model_answers_with_all_tokens(shipped):
 def test_shipped_model_reads_the_needle_shape_and_colour(shipped):
     """Both needle questions of 12 test videos: the first shipped model read the colour (1.00) but not the shape
     (0.52 on 100 videos) of the token it attended to."""
-    from tokpress.eval.synth.train import val_samples
+    from tokpress.eval.synth.validation import val_samples
 
     model, processor, _ = shipped
     samples = val_samples(12, ["needle"], split="test", by_question=True)

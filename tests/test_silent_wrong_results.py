@@ -12,7 +12,7 @@ import tokpress
 from tokpress.errors import InputError
 from tokpress.eval.accuracy.data import UNTAGGED, first_answer, local_samples
 from tokpress.eval.accuracy.runner import summarize
-from tokpress.eval.synth.tasks import load_annotations
+from tokpress.eval.synth.export import load_annotations
 from tokpress.eval.tiny import families as tiny
 
 

@@ -16,9 +16,11 @@ import tokpress
 from tokpress.config import budget
 from tokpress.eval.accuracy.data import chat_prompt, encode_answers, format_prompt
 from tokpress.eval.synth import batches as sb
+from tokpress.eval.synth import forward as fw
 from tokpress.eval.synth import heads as sh
 from tokpress.eval.synth import train as ts
 from tokpress.eval.synth.tasks import LAYOUT_COLORS, SHAPES, SYNTH_FPS, make_questions, quadrant
+from tokpress.eval.synth.train_config import DROP_PATTERNS
 from tokpress.eval.video import video_metadata_kwargs
 
 
@@ -28,7 +30,7 @@ def processor():
 
 
 def _spec(step: int = 0, drop: float = 0.0, videos=(("position", 0, False), ("needle", 1, False))) -> sb.BatchSpec:
-    return sb.BatchSpec(step, 0, tuple(videos), drop, 0.1, ts.DROP_PATTERNS)
+    return sb.BatchSpec(step, 0, tuple(videos), drop, 0.1, DROP_PATTERNS)
 
 
 def test_rows_are_the_eval_prompt_and_answer(processor):
@@ -182,7 +184,7 @@ def test_forward_matches_model_and_tokpress_random(processor):
     keep = row["keep"].clone()
     keep[0, n:] = False  # score the prompt only
     with torch.no_grad():
-        hidden, index, valid = ts.forward_rows(model, row, positions[:, :1], keep=keep)
+        hidden, index, valid = fw.forward_rows(model, row, positions[:, :1], keep=keep)
         last = model.lm_head(hidden[0, int(valid[0].sum()) - 1])
         ref = model(**inputs).logits[0, -1]
         torch.testing.assert_close(last, ref, atol=1e-5, rtol=1e-5)
@@ -193,7 +195,7 @@ def test_forward_matches_model_and_tokpress_random(processor):
         dropped = torch.ones(128, dtype=torch.bool)
         dropped[chosen] = False
         keep[0, where[dropped]] = False
-        hidden, index, valid = ts.forward_rows(model, row, positions[:, :1], keep=keep)
+        hidden, index, valid = fw.forward_rows(model, row, positions[:, :1], keep=keep)
         last = model.lm_head(hidden[0, int(valid[0].sum()) - 1])
         with tokpress.compressed(model, outer="random", retain_ratio=ratio, outer_options={"seed": seed}):
             ref = model(**inputs).logits[0, -1]
@@ -300,7 +302,7 @@ def test_first_answer_token_weight():
     batch = sb.build_batch(_spec(videos=(("direction", 0, False),)))
     positions = ts.RopeCache(model).positions(batch, model.config.video_token_id)
     with torch.no_grad():
-        rows = [ts.answer_loss(model, batch, positions, first_weight=w)[1].double() for w in (1.0, 3.0, 1e6)]
+        rows = [fw.answer_loss(model, batch, positions, first_weight=w)[1].double() for w in (1.0, 3.0, 1e6)]
     n_rest = (batch["lengths"] - batch["answer_start"] - 1).double()  # answer tokens after the first
     first = rows[2]
     rest = rows[0] * (1 + n_rest) - first
@@ -345,7 +347,7 @@ def test_evidence_head_equals_the_layers_attention_weights():
     capture: dict = {}
     evidence.capture.active = True
     with torch.no_grad():
-        ts.forward_rows(model, batch, positions, capture=capture)
+        fw.forward_rows(model, batch, positions, capture=capture)
     evidence.capture.active = False
     hook.remove()
     loss, mass = evidence.loss(batch, capture)

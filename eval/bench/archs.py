@@ -1,23 +1,24 @@
-"""Published full-size architectures, as configs and as random-weight models built straight on the target device.
+"""Published full-size architectures: their configs, their shapes, and random-weight models built straight on the
+target device.
 
 Each ``archs/<name>.json`` holds the ``config.json`` of a public checkpoint, trimmed to what the model needs, with
 a ``_source`` key saying where the numbers come from. Nothing is downloaded: the configs ship with tokpress, and
 :func:`random_weight_model` builds the real ``transformers`` class with random weights, so a benchmark can time a
 7B model's prefill on a GPU without its weights.
 
+:func:`model_shape` reads the sizes a FLOPs count needs from a config: the decoder here (:func:`decoder_shape`),
+the vision tower in :mod:`~tokpress.eval.bench.vision_shapes`.
+
 :func:`random_weight_model` never materialises the model on the CPU in float32: it is built on the ``meta`` device
-in the target dtype, given uninitialised storage on the target device (``to_empty``), then every parameter is
-filled from a seeded generator on that device (uniform, standard deviation :data:`WEIGHT_STD`; norms 1 and 0).
-Non-persistent buffers (rotary ``inv_freq``, SigLIP ``position_ids``) are recomputed by the model's own
-``_init_weights`` -- the path ``from_pretrained`` takes in transformers 5 -- and checked: a buffer left unset
-raises instead of leaving garbage behind.
+in the target dtype, given uninitialised storage on the target device (``to_empty``), then filled there by
+:mod:`~tokpress.eval.bench.weight_init` (seeded uniform weights of standard deviation :data:`WEIGHT_STD`, norms 1
+and 0, buffers recomputed by the model's own ``_init_weights`` and checked).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 
 from tokpress.errors import ConfigError, UnsupportedModelError
+from tokpress.eval.bench.vision_shapes import vision_shape
+from tokpress.eval.bench.weight_init import fill_buffers, fill_parameters
 
 ARCH_DIR = Path(__file__).with_name("archs")
 
@@ -189,156 +192,6 @@ def decoder_shape(config) -> dict[str, Any]:
     return shape
 
 
-def _qwen_vit(vision, *, width: int, intermediate: int, mlp: str, out: int, window: int, full: list[int]):
-    merge = vision.spatial_merge_size
-    return dict(
-        vision_width=width,
-        vision_intermediate=intermediate,
-        vision_heads=vision.num_heads,
-        vision_depth=vision.depth,
-        vision_mlp=mlp,
-        out_hidden=out,
-        window_size=window,
-        fullatt_blocks=full,
-        patch=vision.patch_size,
-        temporal_patch=vision.temporal_patch_size,
-        merge=merge,
-        merger_width=width * merge * merge,
-        image_size=0,
-        projector="merger",
-        vision_head=False,
-        vision_cls=0,
-        deepstack_mergers=0,
-    )
-
-
-def _side(value) -> int:
-    """A square image or patch side from an int or an ``(h, w)`` pair."""
-    if isinstance(value, list | tuple):
-        if len(set(value)) != 1:
-            raise UnsupportedModelError(f"non-square image or patch size {tuple(value)} is not supported")
-        return int(value[0])
-    return int(value)
-
-
-def _vision_shape(config, text_hidden: int) -> dict[str, Any]:
-    family, vision = config.model_type, config.vision_config
-    if family == "qwen2_vl":
-        width = vision.embed_dim
-        full = list(range(vision.depth))
-        return dict(
-            vision_kind="qwen2_vl",
-            **_qwen_vit(vision, width=width, intermediate=int(width * vision.mlp_ratio), mlp="plain",
-                        out=vision.hidden_size, window=0, full=full),
-        )  # fmt: skip
-    if family == "qwen2_5_vl":
-        return dict(
-            vision_kind="qwen2_5_vl",
-            **_qwen_vit(vision, width=vision.hidden_size, intermediate=vision.intermediate_size, mlp="gated",
-                        out=vision.out_hidden_size, window=vision.window_size,
-                        full=list(vision.fullatt_block_indexes)),
-        )  # fmt: skip
-    if family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
-        # Qwen3-VL ViT (also Qwen3.5's): 2-matrix GELU MLP, full attention within each temporal slice, no windows.
-        # A deepstack merger runs after each block listed in deepstack_visual_indexes (Qwen3.5 has none).
-        shape = dict(
-            vision_kind="qwen3_vl",
-            **_qwen_vit(vision, width=vision.hidden_size, intermediate=vision.intermediate_size, mlp="plain",
-                        out=vision.out_hidden_size, window=0, full=list(range(vision.depth))),
-        )  # fmt: skip
-        deepstack = getattr(vision, "deepstack_visual_indexes", None) or []
-        shape["deepstack_mergers"] = sum(1 for i in set(deepstack) if 0 <= i < vision.depth)
-        return shape
-    if family == "llava_onevision":
-        width = vision.hidden_size
-        return dict(
-            vision_kind="siglip",
-            vision_width=width,
-            vision_intermediate=vision.intermediate_size,
-            vision_heads=vision.num_attention_heads,
-            vision_depth=vision.num_hidden_layers,
-            vision_mlp="plain",
-            out_hidden=text_hidden,
-            window_size=0,
-            fullatt_blocks=list(range(vision.num_hidden_layers)),
-            patch=vision.patch_size,
-            temporal_patch=1,
-            merge=1,
-            merger_width=width,
-            image_size=vision.image_size,
-            projector="mlp2x",
-            vision_head=bool(getattr(vision, "vision_use_head", True)),  # as SiglipVisionTransformer reads it
-            vision_cls=0,
-            deepstack_mergers=0,
-        )
-    if family == "internvl":
-        # InternViT: CLS token + patches, every encoder layer runs (the selected layer is read from the captured
-        # hidden states), then pixel shuffle (merge = 1 / downsample_ratio) and LayerNorm + 2-layer MLP (mlp1).
-        width, merge = vision.hidden_size, round(1 / config.downsample_ratio)
-        return dict(
-            vision_kind="internvit",
-            vision_width=width,
-            vision_intermediate=vision.intermediate_size,
-            vision_heads=vision.num_attention_heads,
-            vision_depth=vision.num_hidden_layers,
-            vision_mlp="plain",
-            out_hidden=text_hidden,
-            window_size=0,
-            fullatt_blocks=list(range(vision.num_hidden_layers)),
-            patch=_side(vision.patch_size),
-            temporal_patch=1,
-            merge=merge,
-            merger_width=width * merge * merge,
-            image_size=_side(vision.image_size),
-            projector="mlp2x",
-            vision_head=False,
-            vision_cls=1,
-            deepstack_mergers=0,
-        )
-    if family == "llava_next_video":
-        # CLIP: CLS token + patches through every layer (vision_feature_layer -2 is read from the captured hidden
-        # states), CLS dropped, spatial pooling (stride spatial_pool_stride), then the 2-layer projector.
-        width = vision.hidden_size
-        layers_read = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
-        return dict(
-            vision_kind="clip",
-            vision_width=width,
-            vision_intermediate=vision.intermediate_size,
-            vision_heads=vision.num_attention_heads,
-            vision_depth=vision.num_hidden_layers,
-            vision_mlp="plain",
-            out_hidden=text_hidden,
-            window_size=0,
-            fullatt_blocks=list(range(vision.num_hidden_layers)),
-            patch=vision.patch_size,
-            temporal_patch=1,
-            merge=config.spatial_pool_stride,
-            pool_mode=config.spatial_pool_mode,
-            pool_out=getattr(config, "spatial_pool_out_channels", None) or width,
-            merger_width=width * layers_read,
-            image_size=vision.image_size,
-            projector="mlp2x",
-            vision_head=False,
-            vision_cls=1,
-            deepstack_mergers=0,
-        )
-    raise UnsupportedModelError(f"no FLOPs shape for model_type {family!r}; supported: {', '.join(SHAPE_FAMILIES)}")
-
-
-#: Families :func:`model_shape` knows (decoder and vision encoder).
-SHAPE_FAMILIES = (
-    "qwen2_vl",
-    "qwen2_5_vl",
-    "qwen3_vl",
-    "qwen3_vl_moe",
-    "qwen3_5",
-    "qwen3_5_moe",
-    "llava_onevision",
-    "internvl",
-    "llava_next_video",
-)
-
-
 def model_shape(config) -> dict[str, Any]:
     """The sizes a FLOPs count needs, read from a video-LLM config.
 
@@ -363,83 +216,12 @@ def model_shape(config) -> dict[str, Any]:
         CLIP also ``pool_mode`` and ``pool_out``.
 
     Raises:
-        UnsupportedModelError: a ``model_type`` outside :data:`SHAPE_FAMILIES`.
+        UnsupportedModelError: a ``model_type`` outside
+            :data:`~tokpress.eval.bench.vision_shapes.SHAPE_FAMILIES`.
     """
     shape = decoder_shape(config)
-    shape.update(_vision_shape(config, shape["hidden"]))
+    shape.update(vision_shape(config, shape["hidden"]))
     return shape
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Random-weight models
-
-
-def _is_norm(module: torch.nn.Module) -> bool:
-    name = type(module).__name__
-    return "Norm" in name or isinstance(module, torch.nn.LayerNorm | torch.nn.GroupNorm)
-
-
-def _owners(model: torch.nn.Module) -> dict[torch.nn.Module, torch.nn.Module]:
-    """Each submodule -> the innermost ``PreTrainedModel`` containing it (whose ``_init_weights`` applies)."""
-    from transformers import PreTrainedModel
-
-    owner: dict[torch.nn.Module, torch.nn.Module] = {}
-    for root in model.modules():  # pre-order: an inner PreTrainedModel comes after, and overrides, its parent
-        if isinstance(root, PreTrainedModel):
-            for sub in root.modules():
-                owner[sub] = root
-    return owner
-
-
-def _poison(buffer: torch.Tensor) -> None:
-    if buffer.is_floating_point() or buffer.is_complex():
-        buffer.fill_(float("nan"))
-    elif buffer.dtype != torch.bool:
-        buffer.fill_(torch.iinfo(buffer.dtype).min)
-
-
-def _poisoned(buffer: torch.Tensor) -> bool:
-    if buffer.numel() == 0 or buffer.dtype == torch.bool:
-        return False
-    if buffer.is_floating_point() or buffer.is_complex():
-        return bool(torch.isnan(buffer).any())
-    return bool((buffer == torch.iinfo(buffer.dtype).min).any())
-
-
-@torch.no_grad()
-def _fill_buffers(model: torch.nn.Module) -> None:
-    """Recompute every buffer with the owning model's ``_init_weights``; raise if one is left unset."""
-    owner = _owners(model)
-    holders = [m for m in model.modules() if any(True for _ in m.buffers(recurse=False))]
-    for module in holders:
-        for buffer in module.buffers(recurse=False):
-            _poison(buffer)
-    for module in holders:
-        owner[module]._init_weights(module)
-    unset = [name for name, b in model.named_buffers() if _poisoned(b)]
-    if unset:
-        raise UnsupportedModelError(
-            f"random_weight_model cannot recompute buffers {unset[:4]} with this transformers version; "
-            "build the model normally (AutoModelForImageTextToText.from_config) instead"
-        )
-
-
-@torch.no_grad()
-def _fill_parameters(model: torch.nn.Module, generator: torch.Generator, std: float) -> None:
-    """Norm weights 1 and norm biases 0; every other parameter ~ U(-a, a) with ``a = sqrt(3) * std`` (standard
-    deviation ``std``), drawn from ``generator`` in module order. Uniform rather than normal: 2-3x faster on a CPU."""
-    bound = math.sqrt(3.0) * std
-    seen: set[int] = set()
-    for module in model.modules():
-        norm = _is_norm(module)
-        for name, param in module.named_parameters(recurse=False):
-            if id(param) in seen:
-                continue
-            seen.add(id(param))
-            if norm:
-                param.fill_(1.0 if name == "weight" else 0.0)
-            else:
-                param.uniform_(-bound, bound, generator=generator)
 
 
 def random_weight_model(
@@ -481,6 +263,6 @@ def random_weight_model(
     accelerator = [] if device.type == "cpu" else [device]
     # _init_weights may draw from the global generators as a side effect: leave the caller's RNG state untouched
     with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else "cuda"):
-        _fill_buffers(model)
-    _fill_parameters(model, generator, std)
+        fill_buffers(model)
+    fill_parameters(model, generator, std)
     return model.eval()

@@ -4,6 +4,24 @@
 shape and quadrant *words* through the model's own LM head; the asked colour at a position question's query
 token). :class:`EvidenceAttention` supervises one attention head's mass, from each answer's query token, onto the
 video tokens that hold the answer. Neither is saved with the checkpoint.
+
+**Auxiliary per-token targets (``--aux-weight``, ``--aux-layer``, ``--no-aux-words``).** :class:`AuxHeads`
+puts linear probes on every video token: colour and shape from the vision tower's merged features; slot, row,
+column, colour, shape and "changed since slot 0" from decoder layer ``aux_layer``'s output; and (word probes)
+the colour and shape *words* from the final hidden state through the model's own LM head. The probes are
+training-only (not saved); the model must make these facts linearly readable, which is exactly what the
+questions need. Without them the first trial saw position, direction, counting and the needle stay at chance for
+2,500 steps; with the position probes direction and counting were learned within 750-1,000 steps here.
+
+**Evidence head (``--evidence-weight``, ``--evidence-layer``).** :class:`EvidenceAttention` asks head 0 of one
+decoder layer (default: the last) to put its attention, from the token that predicts each answer, on the video
+tokens that hold the answer (:func:`evidence_tokens`: the asked phase of the square, the needle, the lit lamp, the
+square in the asked colour); the loss is ``-log`` of that attention mass. Questions that need *one* token out of 128
+(the needle, a colour at a place) stayed at chance for 2,750 steps with the probes alone: the answer's gradient
+through a softmax over 128 near-identical tokens is tiny until the selection exists. Side effect, for readers of
+the benchmark: one head of the last layer attends to the evidence by construction. No method in tokpress reads
+that layer: every attention-scored cut (FastV, PyramidDrop, FrameFusion, HoliTom, PruneVid, DyCoke's decode stage)
+uses the layer before its cut, at most layer 2 of the 4, whose attention is not supervised.
 """
 
 from __future__ import annotations
