@@ -14,6 +14,7 @@ setup(
         "tokpress.patches",
         "tokpress.eval",
         "tokpress.eval.accuracy",
+        "tokpress.eval.accuracy.benchmarks",
         "tokpress.eval.bench",
         "tokpress.eval.synth",
         "tokpress.eval.tiny",

@@ -19,11 +19,13 @@ from tokpress.config import budget
 from tokpress.errors import ConfigError
 from tokpress.eval.accuracy import runner as accuracy
 from tokpress.eval.accuracy.data import chat_prompt, format_prompt, local_samples, match_answer, synth_samples
-from tokpress.eval.accuracy.report import PLOT_FILES, pareto_front, write_eval_report
+from tokpress.eval.accuracy.figures import PLOT_FILES, pareto_front
+from tokpress.eval.accuracy.report import write_eval_report
 from tokpress.eval.accuracy.runner import RANDOM_WEIGHTS_NOTE, EvalConfig, eval_plan, make_eval_workload, run_eval
 from tokpress.eval.accuracy.scoring import option_logprobs, prepare, score_options, stack_rows
 from tokpress.eval.accuracy.stats import agreement, bootstrap_ci, mcnemar
-from tokpress.eval.synth.tasks import export_split, load_annotations, make_split
+from tokpress.eval.synth.export import export_split, load_annotations
+from tokpress.eval.synth.tasks import make_split
 
 PNG = b"\x89PNG\r\n\x1a\n"
 N_BOOT = 200

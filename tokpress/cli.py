@@ -202,13 +202,16 @@ def _clock(seconds: float) -> str:
 class _Progress:
     """A transient rich bar on a terminal; else plain lines on stderr: ``stage: i/n label · elapsed · ETA``."""
 
-    def __init__(self, stage: str, total: int, console: Console, every: float = PROGRESS_EVERY_S) -> None:
+    def __init__(
+        self, stage: str, total: int, console: Console, every: float = PROGRESS_EVERY_S, enabled: bool = True
+    ) -> None:
         self.stage, self.total, self.console, self.every = stage, max(total, 1), console, every
         self.done, self.start, self.last_line = 0, time.perf_counter(), float("-inf")
         self.bar = None
+        self.enabled = enabled  # False: silent (the non-main processes of a data-parallel run)
 
     def __enter__(self) -> _Progress:
-        if self.console.is_terminal:
+        if self.enabled and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -224,6 +227,8 @@ class _Progress:
     def update(self, label: str, done: int) -> None:
         """``done`` of ``total`` units are finished; ``label``: what runs (or ran) now."""
         self.done = min(done, self.total)
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, description=label)
             return
@@ -416,25 +421,43 @@ def eval_command(
         help="A checkpoint (local path or cached hub id); 'tiny': the built-in random-weight model. "
         "Default: the shipped synth model, else the built-in one.",
     ),
-    benchmark: str = typer.Option("synth", help="'synth' (generated test split) or a local dataset folder."),
+    benchmark: str = typer.Option(
+        "synth",
+        help="'synth' (generated test split); videomme, mvbench, longvideobench or egoschema (official release in "
+        "--data, lmms-eval prompts); or a local dataset folder (annotations.jsonl).",
+    ),
+    data: str = typer.Option(
+        None, help="Real benchmarks: the folder of the official release (e.g. the lmms-lab/Video-MME snapshot)."
+    ),
+    subtitles: bool = typer.Option(False, help="Video-MME: add the subtitles to the prompt (lmms-eval w_subtitle)."),
     methods: str = typer.Option(
-        ",".join(__import__("tokpress.eval.accuracy.runner", fromlist=["x"]).DEFAULT_METHODS),
+        ",".join(__import__("tokpress.eval.accuracy.config", fromlist=["x"]).DEFAULT_METHODS),
         help="Comma-separated: none, methods, or outer+inner specs (the uncompressed model always runs).",
     ),
     ratios: str = typer.Option("0.5,0.25,0.1", help="Comma-separated retain ratios, each in (0, 1]."),
     n: int = typer.Option(
-        __import__("tokpress.eval.accuracy.runner", fromlist=["x"]).DEFAULT_N,
-        help="Questions (>= 1): synth: videos of the test split; a local dataset: its first n.",
+        __import__("tokpress.eval.accuracy.config", fromlist=["x"]).DEFAULT_N,
+        "--n",
+        "--limit",
+        help="Questions (>= 1): synth: videos of the test split; a dataset: its first n (MVBench: tasks in turn).",
     ),
     seed: int = typer.Option(0, help="Seed of the bootstrap (and of the random method)."),
     batch: int = typer.Option(1, help="Samples per forward (>= 1)."),
-    answer_format: str = typer.Option("word", help="Score the option 'word's or their 'letter's."),
-    scoring: str = typer.Option("logits", help="'logits' (option log-likelihoods) or 'generate' (greedy, matched)."),
+    answer_format: str = typer.Option(
+        None, help="Score the option 'word's or their 'letter's (default: letters on real benchmarks, else words)."
+    ),
+    scoring: str = typer.Option(
+        None,
+        help="'logits' (option log-likelihoods), 'generate' (greedy, matched) or 'both' (default on real "
+        "benchmarks; else logits).",
+    ),
     normalize: str = typer.Option("mean", help="Option log-likelihood: 'mean' per token or 'sum'."),
     frames: int = typer.Option(
-        None, help="Local datasets: frames sampled per video (default: the annotation's). Excludes --fps."
+        None,
+        help="Video files: frames sampled per video (default: the annotation's; real benchmarks: up to 32). "
+        "Excludes --fps.",
     ),
-    fps: float = typer.Option(None, help="Local datasets: or frames per second of video (> 0). Excludes --frames."),
+    fps: float = typer.Option(None, help="Video files: or frames per second of video (> 0). Excludes --frames."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples of the confidence intervals (>= 1)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
@@ -458,6 +481,8 @@ def eval_command(
     config = EvalConfig(
         model=model,
         benchmark=benchmark,
+        data=data,
+        subtitles=subtitles,
         methods=tuple(parse_list(methods)),
         ratios=_parse_ratios(ratios),
         n=n,
@@ -476,13 +501,17 @@ def eval_command(
     config.validate()
     check_writable(out)
 
-    from tokpress.eval.accuracy.report import print_eval_table
+    from tokpress.eval.accuracy.parallel import eval_group, shard
+    from tokpress.eval.accuracy.tables import print_eval_table
 
+    group = eval_group(config)  # launched with torchrun / accelerate launch: this process's shard and device
     console = _console()
-    _note("eval: loading the model")
+    samples = shard(load_benchmark(config), group)  # a missing benchmark file: before the model
+    total = len(eval_plan(config)) * len(samples)
+    if group.main:
+        _note("eval: loading the model" + (f" ({group.world} processes)" if group.distributed else ""))
     work = make_eval_workload(config)
-    total = len(eval_plan(config)) * len(load_benchmark(config))
-    with _Progress("eval", total, console) as progress:
+    with _Progress("eval", total, console, enabled=group.main) as progress:
         done = [0]
 
         def advance(label: str, count: int) -> None:
@@ -490,6 +519,8 @@ def eval_command(
             progress.update(label, done[0])
 
         records, paths = evaluate(config, out, work=work, progress=advance, resume=resume)
+    if not group.main:  # the main process reports for all
+        return
     if work.random_weights:
         console.print(f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow]")
     print_eval_table(records, console, title=f"tokpress eval — {work.name}, {config.benchmark}")

@@ -1,8 +1,14 @@
 """Accuracy harness: ``tokpress eval``.
 
-- :mod:`~tokpress.eval.accuracy.runner`: :class:`EvalConfig`, the method × ratio loop, streamed and resumable records.
+- :mod:`~tokpress.eval.accuracy.config`: :class:`EvalConfig`, its checks, the method x ratio plan.
+- :mod:`~tokpress.eval.accuracy.runner`: samples of a benchmark, the method × ratio loop, ``evaluate``.
+- :mod:`~tokpress.eval.accuracy.runs`: one method x ratio run of a batch and its per-sample records.
+- :mod:`~tokpress.eval.accuracy.stream`: ``samples.jsonl`` streaming and resume.
 - :mod:`~tokpress.eval.accuracy.data`: :class:`EvalSample`, the synth and local-folder samples, prompts and answers.
-- :mod:`~tokpress.eval.accuracy.scoring`: option log-likelihoods (one prefill, options as continuations).
-- :mod:`~tokpress.eval.accuracy.stats`: bootstrap intervals, McNemar, agreement with the uncompressed model.
-- :mod:`~tokpress.eval.accuracy.report`: tables, JSON / CSV / Markdown and the accuracy plots.
+- :mod:`~tokpress.eval.accuracy.benchmarks`: Video-MME, MVBench, LongVideoBench, EgoSchema from their releases.
+- :mod:`~tokpress.eval.accuracy.scoring`: option log-likelihoods (one prefill, options as continuations), generation.
+- :mod:`~tokpress.eval.accuracy.stats` / :mod:`~tokpress.eval.accuracy.summary`: bootstrap intervals, McNemar,
+  agreement; the summary records.
+- :mod:`~tokpress.eval.accuracy.report`, :mod:`~tokpress.eval.accuracy.tables`, :mod:`~tokpress.eval.accuracy.figures`:
+  JSON / CSV / Markdown, tables and the accuracy plots.
 """

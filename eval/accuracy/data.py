@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from tokpress.errors import InputError
-from tokpress.eval.synth.tasks import SYNTH_FPS, SynthConfig, load_annotations, make_split
+from tokpress.eval.synth.export import load_annotations
+from tokpress.eval.synth.tasks import SYNTH_FPS, SynthConfig, make_split
 
 logger = logging.getLogger("tokpress")
 
@@ -37,6 +38,11 @@ class EvalSample:
     video: str | None = None  # a video file, when ``frames`` is None
     num_frames: int | None = None  # frames the annotation says the video holds
     fps: float | None = None  # frame rate of ``frames`` (passed to the processor as video metadata)
+    prompt: str | None = None  # the whole user text after the video (real benchmarks: their official prompt)
+    extract: str | None = None  # real benchmarks: whose extraction reads a generated answer (else match_answer)
+    groups: dict[str, str] | None = None  # facets reported besides ``task`` (e.g. {"duration": "short"})
+    max_frames: int | None = None  # no frame count given: at most this many, uniform (None: fps 2)
+    clip: tuple[float, float] | None = None  # (start, end) seconds of a frame folder ``video`` to use
 
 
 def synth_samples(n: int, config: SynthConfig | None = None) -> list[EvalSample]:
@@ -57,7 +63,8 @@ def synth_samples(n: int, config: SynthConfig | None = None) -> list[EvalSample]
     return out
 
 
-def _strip_letter(option: str) -> str:
+def strip_letter(option: str) -> str:
+    """``"A. red"`` / ``"(A) red"`` -> ``"red"``; an option without a letter is returned stripped."""
     match = re.match(r"^\s*\(?[A-Z][.):]\s*(.*)$", option)
     return match.group(1).strip() if match else option.strip()
 
@@ -79,7 +86,7 @@ def local_samples(path: str | Path, n: int | None = None) -> list[EvalSample]:
     records = load_annotations(root)
     out = []
     for i, rec in enumerate(records[:n] if n else records):
-        options = [str(o) for o in rec.get("candidates") or [_strip_letter(o) for o in rec.get("options", [])]]
+        options = [str(o) for o in rec.get("candidates") or [strip_letter(o) for o in rec.get("options", [])]]
         if len(options) < 2 or "video" not in rec or "question" not in rec:
             raise InputError(f"{root}: annotation {i} needs 'video', 'question' and two or more options")
         answer = rec.get("answer_index")
@@ -152,6 +159,16 @@ def first_answer(text: str) -> str:
     are equal, whatever they ramble on about after it."""
     first = re.split(r"[\n.!?]", text.strip(), maxsplit=1)[0]
     return re.sub(r"[^\w\s-]", "", first.lower()).strip()
+
+
+def choice_of(sample: EvalSample, text: str, answer_format: str = "word") -> int:
+    """The option a generated ``text`` gives for ``sample``: its benchmark's extraction (``sample.extract``),
+    else :func:`match_answer`; -1 when none."""
+    if sample.extract:
+        from tokpress.eval.accuracy.benchmarks import extract_answer
+
+        return extract_answer(sample.extract, text, sample.options)
+    return match_answer(text, sample.options, answer_format)
 
 
 def match_answer(text: str, options: Sequence[str], answer_format: str = "word") -> int:

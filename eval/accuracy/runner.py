@@ -2,7 +2,10 @@
 and the cost of the same runs.
 
 **Samples.** ``benchmark="synth"`` generates the test split of :mod:`tokpress.eval.synth.tasks` in memory
-(``make_split("test", n, config.synth)``, one question per video, tasks in turn). Any other value is a local dataset
+(``make_split("test", n, config.synth)``, one question per video, tasks in turn). ``videomme``, ``mvbench``,
+``longvideobench`` and ``egoschema`` read the official release in ``config.data``
+(:mod:`tokpress.eval.accuracy.benchmarks`: each with its lmms-eval prompt, answer extraction and categories; at most
+32 uniform frames per video unless ``frames`` / ``fps`` say otherwise). Any other value is a local dataset
 folder in the layout :func:`~tokpress.eval.synth.tasks.export_split` writes (``annotations.jsonl`` + ``videos/``; the
 Video-MME / MVBench field names are understood too); its videos are decoded by :func:`tokpress.eval.video.load_video`,
 the path real benchmarks take. ``n`` keeps the first ``n`` annotations in file order.
@@ -21,7 +24,9 @@ divided by the option's token count (the mean per-token log-probability, so opti
 fairly); ``normalize="sum"`` uses the joint log-probability itself. The chosen option is the argmax (first on
 ties). Both the sums and the token counts are recorded, so either rule can be recomputed offline.
 ``scoring="generate"`` instead decodes greedily (``max_new_tokens``) and matches the text to an option
-(:func:`match_answer`; no match counts as wrong, ``chosen = -1``).
+(:func:`match_answer`, or the real benchmark's lmms-eval extraction; no match counts as wrong, ``chosen = -1``).
+``scoring="both"`` (the default on real benchmarks) does both on the same prefill inputs: ``chosen`` / ``correct``
+from the letters' log-likelihoods, ``chosen_generate`` / ``correct_generate`` from the generated letter.
 
 **How the options are scored with compression.** tokpress compresses the forward that carries the video (the
 prompt's prefill), and a later forward continues the compressed cache exactly as ``generate()``'s decode steps do.
@@ -51,153 +56,71 @@ every method and recorded apart). Its ``model.tokpress.last.tokens_per_layer`` g
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import tokpress
-from tokpress.errors import InputError
-from tokpress.eval.accuracy.data import ANSWER_FORMATS, EvalSample, local_samples, synth_samples
+from tokpress.eval.accuracy.config import DEFAULT_METHODS, DEFAULT_N, DEFAULT_RATIOS, TINY_MODEL, EvalConfig, eval_plan
+from tokpress.eval.accuracy.data import EvalSample, local_samples, synth_samples
+from tokpress.eval.accuracy.parallel import eval_group, run_shard
+from tokpress.eval.accuracy.runs import apply_method, prefill_counts, rows_consistent, sample_record, timed_prefill
 from tokpress.eval.accuracy.scoring import (
-    Prepared,
     _device_dtype,
-    choose,
     generate_answers,
     option_logprobs,
     prepare,
     stack_rows,
 )
-from tokpress.eval.accuracy.stats import EXACT_BELOW, agreement, bootstrap_ci, mcnemar, mcnemar_test_name
+from tokpress.eval.accuracy.stream import STREAM_FILE, append_records, open_stream, stream_key
+from tokpress.eval.accuracy.summary import summarize
 from tokpress.eval.bench.flops_exact import fastv_prefill_flops
-from tokpress.eval.bench.report import _jsonable
 from tokpress.eval.bench.timing import Clock
-from tokpress.eval.methods import (
-    check_attn,
-    check_count,
-    check_device,
-    check_frames_fps,
-    check_methods,
-    check_model_path,
-    check_ratios,
-    check_writable,
-    option_error,
-    parse_method,
-)
-from tokpress.eval.synth.tasks import SynthConfig
+from tokpress.eval.methods import check_writable
 
 logger = logging.getLogger("tokpress")
 
-DEFAULT_METHODS = ("none", "uniform", "frames", "evs", "fastv", "holitom", "divprune")
-DEFAULT_RATIOS = (0.5, 0.25, 0.1)
-DEFAULT_N = 40  # videos of the synth test split (8 per task family): < 1 min on 2 CPU cores with the built-in model
 #: Where the trained synth model ships; used when no model is given and it exists.
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tokpress-synth-qwen2.5-vl"
-#: ``model=`` value that selects the built-in tiny random-weight Qwen2.5-VL explicitly.
-TINY_MODEL = "tiny"
 RANDOM_WEIGHTS_NOTE = (
     "The model has RANDOM weights (built-in tiny Qwen2.5-VL; the trained synth model is not installed): accuracies "
     "are chance-level noise. This run checks the machinery, not the methods."
 )
-
-SCORINGS = ("logits", "generate")
-NORMALIZATIONS = ("mean", "sum")
 Progress = Callable[[str, int], None]
-
-
-# --------------------------------------------------------------------------------------------------- config
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate; every field has the command line's default."""
-
-    model: str | None = None  # checkpoint path / hub id; None: the shipped model, else the built-in tiny one
-    benchmark: str = "synth"  # "synth" or a local dataset folder (annotations.jsonl + videos/)
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    ratios: tuple[float, ...] = DEFAULT_RATIOS
-    n: int | None = DEFAULT_N  # synth: videos; local dataset: first n annotations (None: all)
-    seed: int = 0  # bootstrap resampling and the ``random`` method
-    batch: int = 1  # samples per forward
-    answer_format: str = "word"  # "word" or "letter"
-    scoring: str = "logits"  # "logits" (option log-likelihoods) or "generate" (greedy decoding, matched)
-    normalize: str = "mean"  # "mean" (per-token) or "sum" log-likelihood
-    append_eos: bool | None = None  # score the end-of-turn token after the option; None: words yes, letters no
-    prompt: str | None = None  # template with {question}, {options}, {lettered}; None: by answer_format
-    frames: int | None = None  # local datasets: frames sampled per video (default: the annotation's num_frames)
-    fps: float | None = None  # local datasets: or frames per second of video
-    device: str | None = None
-    dtype: str | None = None
-    attn: str = "sdpa"
-    n_boot: int = 2000
-    alpha: float = 0.05
-    exact_below: int = EXACT_BELOW  # McNemar: exact binomial test below this many discordant pairs
-    max_new_tokens: int = 8  # scoring="generate"
-    warmup: bool = True  # one untimed prefill per method x ratio before the timed ones
-    synth: SynthConfig = field(default_factory=SynthConfig)
-
-    def validate(self) -> None:
-        """Check every option before a model or video is loaded; raise :class:`~tokpress.errors.ConfigError` naming
-        the field (its ``field`` attribute; the command line names the flag, e.g. ``--ratios``).
-
-        ``n`` counts for every benchmark: synth videos generated, or a local dataset's first ``n`` questions
-        (None: the default 40 synth videos, or a whole local dataset); 0 or less is refused. ``frames`` and ``fps``
-        exclude each other.
-        """
-        from tokpress.eval.bench.runner import DTYPES
-
-        if self.answer_format not in ANSWER_FORMATS:
-            raise option_error(
-                "answer_format", f"answer_format must be one of {ANSWER_FORMATS}, got {self.answer_format!r}"
-            )
-        if self.scoring not in SCORINGS:
-            raise option_error("scoring", f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
-        if self.normalize not in NORMALIZATIONS:
-            raise option_error("normalize", f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
-        for name in ("batch", "n", "n_boot", "max_new_tokens"):
-            check_count(name, getattr(self, name), 1)
-        self.ratios = check_ratios(self.ratios)
-        if not 0 < self.alpha < 1:
-            raise option_error("alpha", f"alpha must be in (0, 1), got {self.alpha}")
-        check_methods(self.methods)
-        check_frames_fps(self.frames, self.fps)
-        check_device(self.device, self.dtype, tuple(DTYPES))
-        check_attn(self.attn)
-        if self.model != TINY_MODEL:
-            check_model_path(self.model)
-        if self.benchmark != "synth" and not (Path(self.benchmark) / "annotations.jsonl").is_file():
-            raise option_error(
-                "benchmark",
-                f"benchmark {self.benchmark!r} is neither 'synth' nor a folder with annotations.jsonl "
-                "(the layout tokpress.eval.synth.tasks.export_split writes)",
-            )
-
-
-def eval_plan(config: EvalConfig) -> list[tuple[str, float]]:
-    """The ``(method, ratio)`` runs: the uncompressed reference (always), then every method at every ratio."""
-    if "none" not in config.methods:
-        logger.info("tokpress eval: adding the uncompressed model ('none'), the reference of the statistics")
-    return [("none", 1.0)] + [(m, float(r)) for r in config.ratios for m in config.methods if m != "none"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_N",
+    "DEFAULT_RATIOS",
+    "STREAM_FILE",
+    "TINY_MODEL",
+    "EvalConfig",
+    "EvalWorkload",
+    "eval_plan",
+    "evaluate",
+    "load_benchmark",
+    "make_eval_workload",
+    "run_eval",
+    "summarize",
+]
 
 
 # -------------------------------------------------------------------------------------------------- samples
 
 
 def load_benchmark(config: EvalConfig) -> list[EvalSample]:
-    """The samples of ``config.benchmark`` (``"synth"`` or a local folder)."""
+    """The samples of ``config.benchmark``: ``"synth"``, a real benchmark read from ``config.data``, or a local
+    folder. Raises InputError naming a missing or malformed file of a real benchmark's release."""
+    from tokpress.eval.accuracy.benchmarks import BENCHMARKS, load_real
+
     if config.benchmark == "synth":
         return synth_samples(config.n or DEFAULT_N, config.synth)
+    if config.benchmark in BENCHMARKS:
+        return load_real(config.benchmark, config.data, config.n, subtitles=config.subtitles, frames=config.frames)
     return local_samples(config.benchmark, config.n)
-
-
-# --------------------------------------------------------------------------------------------- prompt, answers
 
 
 @dataclass
@@ -211,92 +134,19 @@ class EvalWorkload:
     random_weights: bool = False
 
 
-def _apply(model: torch.nn.Module, method: str, ratio: float, seed: int) -> None:
-    tokpress.remove(model)
-    kwargs = parse_method(method)
-    if kwargs is None:
-        return
-    if kwargs.get("method") == "random" or kwargs.get("outer") == "random":
-        kwargs["outer_options"] = {"seed": seed}
-    tokpress.apply(model, retain_ratio=ratio, **kwargs)
-
-
-@torch.no_grad()
-def _prefill(model: torch.nn.Module, batch: dict[str, torch.Tensor], clock: Clock) -> float:
-    start = clock.now()
-    model(**batch, use_cache=True, logits_to_keep=1)
-    return clock.now() - start
-
-
-def _prefill_counts(model: torch.nn.Module, batch: dict[str, torch.Tensor], video_id: int) -> list[dict[str, Any]]:
-    """Per sample of the last prefill: video tokens, video tokens entering the LLM, tokens per decoder layer."""
-    engine = getattr(model, "tokpress", None)
-    stats = engine.last if engine is not None else None
-    layers = model.config.get_text_config().num_hidden_layers
-    out = []
-    for b in range(batch["input_ids"].shape[0]):
-        if stats is not None and len(stats.video_tokens) > b:
-            video, into, per_layer = stats.video_tokens[b], stats.after_outer[b], list(stats.tokens_per_layer[b])
-        else:  # unpatched: every token of the prompt reaches every layer
-            video = into = int((batch["input_ids"][b] == video_id).sum())
-            per_layer = [int(batch["attention_mask"][b].sum())] * layers
-        out.append({"video_tokens": video, "into_llm": into, "per_layer": per_layer})
-    return out
-
-
-#: per-sample records of an eval, streamed as they are made (``evaluate`` writes it into the output folder)
-STREAM_FILE = "samples.jsonl"
-
-
-def _stream_key(config: EvalConfig, work_name: str) -> dict[str, Any]:
-    """What a streamed file must match to be resumed: the model and every setting that changes a record."""
-    fields = asdict(config)
-    for name in ("n_boot", "alpha", "exact_below"):  # summary statistics only, recomputed from the records
-        fields.pop(name)
-    return {"kind": "header", "model": work_name, "config": _jsonable(fields)}
-
-
-def _open_stream(path: Path, key: dict[str, Any], resume: bool) -> dict[tuple[str, float, str], dict[str, Any]]:
-    """The records of ``path`` by ``(method, ratio, sample_id)`` when ``resume`` and it was made with ``key``;
-    otherwise start ``path`` afresh with ``key`` as its first line.
-
-    Raises:
-        InputError: ``path`` holds records of another configuration (``resume`` is on).
-    """
-    done: dict[tuple[str, float, str], dict[str, Any]] = {}
-    if resume and path.is_file() and path.stat().st_size:
-        with path.open(encoding="utf-8") as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        if not lines or lines[0] != key:
-            raise InputError(
-                f"{path} holds per-sample records of another model or configuration; pass a new --out, or "
-                "--no-resume to start over"
-            )
-        done = {(r["method"], float(r["ratio"]), r["sample_id"]): r for r in lines[1:]}
-        logger.info("tokpress eval: resuming %s (%d sample records done)", path, len(done))
-        return done
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(key) + "\n", encoding="utf-8")
-    return done
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append ``records`` to ``path`` as JSON lines and flush them to disk (a kill loses at most one batch)."""
-    with path.open("a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(_jsonable(r)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def run_eval(
     config: EvalConfig,
     work: EvalWorkload,
     progress: Progress | None = None,
     stream: str | Path | None = None,
     resume: bool = True,
+    samples: list[EvalSample] | None = None,
+    summaries: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate every ``(method, ratio)`` of :func:`eval_plan` on every sample; summary records first.
+
+    ``samples`` (default: :func:`load_benchmark`) is what a data-parallel process passes as its shard; with
+    ``summaries=False`` only the sample records are returned (the main process summarises all shards at once).
 
     Samples are taken ``config.batch`` at a time; each batch is prepared once (video decode, processor) and run
     under every method and ratio in turn, the uncompressed model first. ``progress(label, advance)`` is called after
@@ -315,14 +165,14 @@ def run_eval(
     """
     config.validate()
     model, processor = work.model, work.processor
-    samples = load_benchmark(config)
+    samples = load_benchmark(config) if samples is None else samples
     plan = eval_plan(config)
     video_id = int(getattr(model.config, "video_token_id", None) or model.config.video_token_index)
     pad_id = processor.tokenizer.pad_token_id or 0
     clock = Clock(_device_dtype(model)[0])
     records: list[dict[str, Any]] = []
     stream = None if stream is None else Path(stream)
-    done = {} if stream is None else _open_stream(stream, _stream_key(config, work.name), resume)
+    done = {} if stream is None else open_stream(stream, stream_key(config, work.name), resume)
     warm = not config.warmup
     try:
         for start in range(0, len(samples), config.batch):
@@ -351,20 +201,22 @@ def run_eval(
             single = stack_rows([p.inputs for p in prepared], [1] * len(prepared), pad_id)
             reference: dict[str, int] = {}
             for method, ratio in plan:
-                _apply(model, method, ratio, config.seed)
+                apply_method(model, method, ratio, config.seed)
                 if not warm:
-                    _prefill(model, single, clock)
-                ttft = _prefill(model, single, clock)
-                counts = _prefill_counts(model, single, video_id)
-                if config.scoring == "logits":
+                    timed_prefill(model, single, clock)
+                ttft = timed_prefill(model, single, clock)
+                counts = prefill_counts(model, single, video_id)
+                scored, consistent = [None] * len(prepared), [True] * len(prepared)
+                generated: list[Any] = [None] * len(prepared)
+                if config.scoring in ("logits", "both"):
                     scored, stats = option_logprobs(model, prepared, pad_id)
-                    consistent = _rows_consistent(stats, counts, [len(p.options) for p in prepared])
-                    generated = [None] * len(prepared)
-                else:
-                    answers = generate_answers(model, processor, prepared, config.answer_format, config.max_new_tokens)
-                    scored, consistent, generated = [None] * len(prepared), [True] * len(prepared), answers
+                    consistent = rows_consistent(stats, counts, [len(p.options) for p in prepared])
+                if config.scoring in ("generate", "both"):
+                    generated = generate_answers(
+                        model, processor, prepared, config.answer_format, config.max_new_tokens
+                    )
                 for b, p in enumerate(prepared):
-                    record = _sample_record(work.name, method, ratio, p, config, scored[b], generated[b])
+                    record = sample_record(work.name, method, ratio, p, config, scored[b], generated[b])
                     if method == "none":
                         reference[p.sample.sample_id] = record["chosen"]
                     record["reference"] = reference.get(p.sample.sample_id)
@@ -389,9 +241,14 @@ def run_eval(
             warm = True
             records += batch_records
             if stream is not None:
-                _append(stream, batch_records)
+                append_records(stream, batch_records)
     finally:
         tokpress.remove(model)
+    return with_summaries(records, config) if summaries else records
+
+
+def with_summaries(records: list[dict[str, Any]], config: EvalConfig) -> list[dict[str, Any]]:
+    """The summary records of ``records`` (sample records of every run) followed by ``records``."""
     inconsistent = sum(not r["rows_consistent"] for r in records)
     if inconsistent:
         logger.warning("tokpress eval: %d sample runs selected differently across option rows", inconsistent)
@@ -399,146 +256,6 @@ def run_eval(
         records, n_boot=config.n_boot, seed=config.seed, alpha=config.alpha, exact_below=config.exact_below
     )
     return summary + records
-
-
-def _rows_consistent(stats: Any, counts: list[dict[str, Any]], rows: list[int]) -> list[bool]:
-    if stats is None:
-        return [True] * len(rows)
-    per_layer = stats.tokens_per_layer
-    out, row = [], 0
-    for b, k in enumerate(rows):
-        out.append(all(per_layer[row + i] == counts[b]["per_layer"] for i in range(k)))
-        row += k
-    return out
-
-
-def _sample_record(
-    name: str,
-    method: str,
-    ratio: float,
-    p: Prepared,
-    config: EvalConfig,
-    scored: list[tuple[float, int]] | None,
-    generated: tuple[str, int] | None,
-) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "kind": "sample",
-        "model": name,
-        "method": method,
-        "ratio": ratio,
-        "sample_id": p.sample.sample_id,
-        "task": p.sample.task,
-        "n_options": len(p.sample.options),
-        "answer": p.sample.answer,
-    }
-    if scored is not None:
-        result = choose([lp for lp, _ in scored], [t for _, t in scored], config.normalize)
-        record.update(
-            chosen=result.chosen, scores=result.scores, logprobs=result.logprobs, option_tokens=result.tokens
-        )
-    else:
-        text, chosen = generated
-        record.update(chosen=chosen, generated=text)
-    record["correct"] = record["chosen"] == p.sample.answer
-    return record
-
-
-# --------------------------------------------------------------------------------------------------- summary
-
-
-def _mean(values: Sequence[float | None]) -> float | None:
-    got = [float(v) for v in values if v is not None]
-    return sum(got) / len(got) if got else None
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    got = [float(v) for v in values if v is not None]
-    return statistics.median(got) if got else None
-
-
-def summarize(
-    samples: Sequence[dict[str, Any]],
-    *,
-    n_boot: int = 2000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    exact_below: int = EXACT_BELOW,
-) -> list[dict[str, Any]]:
-    """``kind="summary"`` records per (model, method, ratio) x (each task family, then ``"all"``).
-
-    Fields: ``n, correct, accuracy, ci_low, ci_high`` (percentile bootstrap, ``seed``), ``chance`` (mean of
-    1 / options), and — where the uncompressed run of the same samples exists — ``agreement`` (same choice as it),
-    ``delta`` (accuracy − its accuracy) with ``delta_ci_low/high`` (paired bootstrap of the per-sample
-    differences), McNemar's ``mcnemar_b01`` (it wrong, this right), ``mcnemar_b10``, ``mcnemar_statistic``,
-    ``mcnemar_p`` and ``mcnemar_test`` (``"exact"`` / ``"chi2"``); cost: ``flops_fastv`` (mean per sample),
-    ``flops_fraction`` (of the uncompressed mean), ``ttft_ms`` (median), ``ttft_ms_mean``, ``speedup`` (its TTFT
-    median / this one), ``video_tokens`` and ``into_llm`` (means). ``task="all"`` adds ``accuracy_macro``, the
-    mean of the per-task accuracies.
-    """
-    rows = [r for r in samples if r.get("kind", "sample") == "sample"]
-    tasks = list(dict.fromkeys(r["task"] for r in rows if r["task"] != "all"))  # "all": the pooled row only
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["method"], float(r["ratio"])), []).append(r)
-    ref = {(r["model"], r["sample_id"]): r for r in rows if r["method"] == "none"}
-    out = []
-    for (model, method, ratio), group in groups.items():
-        per_task = {}
-        for task in [*tasks, "all"]:
-            sel = group if task == "all" else [r for r in group if r["task"] == task]
-            if not sel:
-                continue
-            summary = _summary(model, method, ratio, task, sel, ref, n_boot, seed, alpha, exact_below)
-            if task != "all":
-                per_task[task] = summary["accuracy"]
-            elif len(per_task) > 1:
-                summary["accuracy_macro"] = sum(per_task.values()) / len(per_task)
-            out.append(summary)
-    return out
-
-
-def _summary(model, method, ratio, task, sel, ref, n_boot, seed, alpha, exact_below) -> dict[str, Any]:
-    correct = np.array([bool(r["correct"]) for r in sel], dtype=np.float64)
-    low, high = bootstrap_ci(correct, n_boot=n_boot, seed=seed, alpha=alpha)
-    summary: dict[str, Any] = {
-        "kind": "summary",
-        "model": model,
-        "method": method,
-        "ratio": ratio,
-        "task": task,
-        "n": len(sel),
-        "correct": int(correct.sum()),
-        "accuracy": float(correct.mean()),
-        "ci_low": low,
-        "ci_high": high,
-        "chance": float(np.mean([1.0 / r["n_options"] for r in sel])),
-        "flops_fastv": _mean([r.get("flops_fastv") for r in sel]),
-        "ttft_ms": _median([r.get("ttft_ms") for r in sel]),
-        "ttft_ms_mean": _mean([r.get("ttft_ms") for r in sel]),
-        "video_tokens": _mean([r.get("video_tokens") for r in sel]),
-        "into_llm": _mean([r.get("into_llm") for r in sel]),
-    }
-    refs = [ref.get((model, r["sample_id"])) for r in sel]
-    if all(x is not None for x in refs):
-        base = np.array([bool(x["correct"]) for x in refs], dtype=np.float64)
-        test = mcnemar(base, correct, exact_below=exact_below)
-        d_low, d_high = bootstrap_ci(correct - base, n_boot=n_boot, seed=seed, alpha=alpha)
-        base_flops = _mean([x.get("flops_fastv") for x in refs])
-        base_ttft = _median([x.get("ttft_ms") for x in refs])
-        summary.update(
-            agreement=agreement([r["chosen"] for r in sel], [x["chosen"] for x in refs]),
-            delta=float(correct.mean() - base.mean()),
-            delta_ci_low=d_low,
-            delta_ci_high=d_high,
-            mcnemar_b01=test.b01,
-            mcnemar_b10=test.b10,
-            mcnemar_statistic=test.statistic,
-            mcnemar_p=test.p_value,
-            mcnemar_test=mcnemar_test_name(test.b01, test.b10, exact_below),
-            flops_fraction=summary["flops_fastv"] / base_flops if base_flops and summary["flops_fastv"] else None,
-            speedup=base_ttft / summary["ttft_ms"] if base_ttft and summary["ttft_ms"] else None,
-        )
-    return summary
 
 
 # ------------------------------------------------------------------------------------------------- workloads
@@ -575,10 +292,18 @@ def make_eval_workload(config: EvalConfig) -> EvalWorkload:
         work = EvalWorkload(Path(path).name, model, AutoProcessor.from_pretrained(path), env)
     if config.benchmark == "synth":
         env["benchmark"] = f"synth test split, {config.n or DEFAULT_N} videos (namespace {config.synth.seed})"
+    elif config.real:
+        subs = ", with subtitles" if config.subtitles else ""
+        env["benchmark"] = f"{config.benchmark} ({config.data}{subs}; lmms-eval 0.7.3 prompt and extraction)"
     else:
         env["benchmark"] = str(config.benchmark)
-    env["scoring"] = f"{config.scoring}: {config.answer_format}s" + (
-        f", {config.normalize} log-likelihood" if config.scoring == "logits" else ", greedy decoding"
+    env["scoring"] = (
+        f"{config.scoring}: {config.answer_format}s"
+        + {
+            "logits": f", {config.normalize} log-likelihood",
+            "generate": ", greedy decoding",
+            "both": f", {config.normalize} log-likelihood and greedy decoding ({config.max_new_tokens} tokens)",
+        }[config.scoring]
     )
     return work
 
@@ -604,11 +329,18 @@ def evaluate(
 
     config = config or EvalConfig()
     config.validate()
+    group = eval_group(config)
     if out is not None:
         check_writable(out)  # before the run: results are never lost to an unwritable folder
+    samples = load_benchmark(config)  # a missing file of a release is reported before the model loads
     work = work or make_eval_workload(config)
-    stream = None if out is None else Path(out) / STREAM_FILE
-    records = run_eval(config, work, progress, stream=stream, resume=resume)
+    if group.distributed:
+        records = run_shard(config, work, samples, group, progress if group.main else None, out, resume)
+        if not group.main:
+            return [], {}
+    else:
+        stream = None if out is None else Path(out) / STREAM_FILE
+        records = run_eval(config, work, progress, stream=stream, resume=resume, samples=samples)
     if out is None:
         return records, {}
     notes = [RANDOM_WEIGHTS_NOTE] if work.random_weights else []

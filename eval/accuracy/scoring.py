@@ -18,9 +18,9 @@ from tokpress.eval.accuracy.data import (
     EvalSample,
     answer_texts,
     chat_prompt,
+    choice_of,
     encode_answers,
     format_prompt,
-    match_answer,
 )
 from tokpress.patches.cache_arg import CACHE_KWARG, output_cache
 
@@ -79,20 +79,14 @@ def prepare(
     """Decode the sample's video if needed, run the processor on its prompt, encode its options."""
     from tokpress.eval.video import video_metadata_kwargs
 
-    decode_ms = 0.0
-    video, video_fps = sample.frames, sample.fps
-    if video is None:
-        from tokpress.eval.video import load_video
-
-        multiple = 2 if getattr(model.config, "model_type", "").startswith("qwen") else 1
-        count = frames or (None if fps else sample.num_frames)
-        start = time.perf_counter()
-        video, info = load_video(
-            sample.video, num_frames=count, fps=None if count else (fps or 2.0), multiple_of=multiple
-        )
-        video_fps = info.get("sampled_fps") or None
-        decode_ms = (time.perf_counter() - start) * 1e3
-    text = chat_prompt(processor, format_prompt(sample.question, sample.options, answer_format, prompt))
+    start = time.perf_counter()
+    multiple = 2 if getattr(model.config, "model_type", "").startswith("qwen") else 1
+    video, video_fps = _frames_of(sample, frames, fps, multiple)
+    decode_ms = (time.perf_counter() - start) * 1e3 if sample.frames is None else 0.0
+    if sample.prompt is not None and prompt is None:
+        text = chat_prompt(processor, sample.prompt)
+    else:
+        text = chat_prompt(processor, format_prompt(sample.question, sample.options, answer_format, prompt))
     start = time.perf_counter()
     metadata = video_metadata_kwargs(processor, len(video), video_fps)
     batch = processor(text=[text], videos=[video], return_tensors="pt", do_sample_frames=False, **metadata)
@@ -105,6 +99,33 @@ def prepare(
     eos = (answer_format == "word") if append_eos is None else append_eos
     options = encode_answers(processor.tokenizer, answer_texts(sample.options, answer_format), eos)
     return Prepared(sample, inputs, options, decode_ms, preprocess_ms)
+
+
+def _frames_of(
+    sample: EvalSample, frames: int | None, fps: float | None, multiple: int
+) -> tuple[np.ndarray, float | None]:
+    """The sample's frames ``[T, H, W, 3]`` uint8 and their frame rate: in memory, a frame folder, or decoded
+    (``frames`` or ``fps`` of the run, else the annotation's count, else at most ``sample.max_frames``, else 2 fps)."""
+    if sample.frames is not None:
+        return sample.frames, sample.fps
+    from pathlib import Path
+
+    from tokpress.eval.video import load_video
+
+    if Path(sample.video).is_dir():
+        from tokpress.eval.accuracy.benchmarks.common import load_frame_dir
+
+        video, rate = load_frame_dir(sample.video, frames or sample.max_frames or 32, sample.clip)
+        keep = max(multiple, len(video) // multiple * multiple)
+        return (video[:keep] if len(video) >= keep else np.concatenate([video] * multiple)[:keep]), rate
+    count = frames or (None if fps else sample.num_frames)
+    if count is None and fps is None and sample.max_frames:
+        video, info = load_video(sample.video, max_frames=sample.max_frames, multiple_of=multiple)
+    else:
+        video, info = load_video(
+            sample.video, num_frames=count, fps=None if count else (fps or 2.0), multiple_of=multiple
+        )
+    return video, info.get("sampled_fps") or None
 
 
 def stack_rows(
@@ -247,7 +268,7 @@ def generate_answers(
     )
     new = out[:, batch["input_ids"].shape[1] :]
     texts = [tok.decode(row, skip_special_tokens=True) for row in new]
-    return [(t, match_answer(t, p.sample.options, answer_format)) for t, p in zip(texts, prepared)]
+    return [(t, choice_of(p.sample, t, answer_format)) for t, p in zip(texts, prepared)]
 
 
 # ---------------------------------------------------------------------------------------------------- runner
