@@ -133,6 +133,29 @@ def check_device(device: str | None, dtype: str | None, dtypes: Sequence[str]) -
         raise option_error("device", "device 'mps': MPS is not available here; use --device cpu")
 
 
+def shipped_model_installed() -> bool:
+    """True when the trained synth model ships with this install (the default model of bench and eval)."""
+    from tokpress.eval.accuracy.workload import SHIPPED_MODEL
+
+    return (SHIPPED_MODEL / "config.json").is_file()
+
+
+def check_device_map(device_map: str | None, loads_checkpoint: bool) -> None:
+    """``device_map`` is None or ``"auto"`` (accelerate spreads a checkpoint over every visible GPU, then CPU), and
+    ``"auto"`` only where a checkpoint is loaded: models built in code (``--arch``, the tiny one) live on ``--device``.
+    """
+    if device_map is None:
+        return
+    if device_map != "auto":
+        raise option_error("device_map", f"device_map must be 'auto' (or left out), got {device_map!r}")
+    if not loads_checkpoint:
+        raise option_error(
+            "device_map",
+            "device_map 'auto' applies to a checkpoint (--model, or the shipped model); "
+            "models built in code (--arch, tiny) are placed on --device",
+        )
+
+
 def check_attn(attn: str) -> None:
     """A known attention implementation; flash_attention_2 only when flash-attn is installed."""
     import importlib.util

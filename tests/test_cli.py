@@ -17,6 +17,7 @@ from tokpress.cli import app
 from tokpress.errors import ConfigError, InputError
 from tokpress.eval import demo, video
 from tokpress.eval.accuracy import runner as accuracy
+from tokpress.eval.accuracy import workload as eval_workload
 from tokpress.eval.accuracy.runner import EvalConfig
 from tokpress.eval.bench import archs, workloads
 from tokpress.eval.bench.runner import BenchConfig
@@ -104,6 +105,8 @@ BAD_BENCH = [
     (["--size", "0"], "--size"),
     (["--repeats", "abc"], "--repeats"),
     (["--bogus"], "--bogus"),
+    (["--device-map", "balanced"], "--device-map"),
+    (["--arch", "qwen2.5-vl-7b", "--random-weights", "--device-map", "auto"], "--device"),
 ]
 
 
@@ -151,7 +154,7 @@ def test_default_synth_video_frames_are_checked(nothing_loads, tmp_path, monkeyp
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / "config.json").write_text("{}")
-    monkeypatch.setattr(accuracy, "SHIPPED_MODEL", shipped)
+    monkeypatch.setattr(eval_workload, "SHIPPED_MODEL", shipped)
     result = invoke(["bench", "--frames", "100", "--out", str(tmp_path / "out")])
     assert_one_line_error(result, 2, "--frames", "16 frames")
 
@@ -183,6 +186,7 @@ BAD_EVAL = [
     (["--device", "gpu"], "--device"),
     (["--attn", "foo"], "--attn"),
     (["--model", "/nonexistent/checkpoint"], "--model"),
+    (["--model", "tiny", "--device-map", "auto"], "--device-map"),
 ]
 
 

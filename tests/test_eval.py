@@ -17,7 +17,7 @@ import tokpress
 from tokpress.cli import app
 from tokpress.config import budget
 from tokpress.errors import ConfigError
-from tokpress.eval.accuracy import runner as accuracy
+from tokpress.eval.accuracy import workload as eval_workload
 from tokpress.eval.accuracy.data import chat_prompt, format_prompt, local_samples, match_answer, synth_samples
 from tokpress.eval.accuracy.figures import PLOT_FILES, pareto_front
 from tokpress.eval.accuracy.report import write_eval_report
@@ -241,7 +241,7 @@ def test_pareto_front():
 
 
 def test_command_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(accuracy, "SHIPPED_MODEL", tmp_path / "not-shipped")  # no --model: the built-in fallback
+    monkeypatch.setattr(eval_workload, "SHIPPED_MODEL", tmp_path / "not-shipped")  # no --model: the built-in fallback
     out = tmp_path / "out"
     args = ["eval", "--methods", "none,uniform", "--ratios", "0.5", "--n", "2", "--n-boot", "50", "--out", str(out)]
     result = CliRunner().invoke(app, args)

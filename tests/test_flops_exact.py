@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tokpress.errors import ConfigError
 from tokpress.eval.bench import archs
 from tokpress.eval.bench import flops_exact as fe
+from tokpress.eval.bench.macs import gated_delta_rule_macs
 from tokpress.eval.tiny import families as tiny
 from tokpress.flops import fastv_flops
 from tokpress.state import Stats
@@ -319,9 +320,9 @@ def test_hybrid_two_layer_decoder_counted_by_hand():
 
 def test_gated_delta_rule_is_linear_in_chunks():
     # one chunk holds 1..64 tokens; 65 tokens take two
-    one = fe.gated_delta_rule_macs(1, 2, 4, 6)
-    assert fe.gated_delta_rule_macs(64, 2, 4, 6) == one == 164224
-    assert fe.gated_delta_rule_macs(65, 2, 4, 6) == fe.gated_delta_rule_macs(128, 2, 4, 6) == 2 * one
+    one = gated_delta_rule_macs(1, 2, 4, 6)
+    assert gated_delta_rule_macs(64, 2, 4, 6) == one == 164224
+    assert gated_delta_rule_macs(65, 2, 4, 6) == gated_delta_rule_macs(128, 2, 4, 6) == 2 * one
     shape = _hybrid_shape()
     linear = [fe.decoder_layer_flops(shape, n, layer=0)["total"] for n in (640, 1280, 2560)]
     full = [fe.decoder_layer_flops(shape, n, layer=1)["total"] for n in (640, 1280, 2560)]

@@ -9,8 +9,8 @@ import torch
 
 import tokpress
 from tokpress.eval.accuracy.data import synth_samples
-from tokpress.eval.accuracy.runner import SHIPPED_MODEL
 from tokpress.eval.accuracy.scoring import choose, option_logprobs, prepare
+from tokpress.eval.accuracy.workload import SHIPPED_MODEL
 from tokpress.eval.synth.tasks import TASKS
 
 N_VIDEOS = 60  # the first 60 test videos: 12 per task family

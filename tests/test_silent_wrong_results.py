@@ -111,7 +111,7 @@ def test_same_answer_compares_the_answer_not_every_token(a, b, same):
 def test_naming_the_shipped_model_runs_it_on_its_own_synth_videos(monkeypatch, tmp_path):
     """`--model <the shipped folder>` used to switch to a 32-frame generated video; it now runs what the default
     runs (the synth test videos the model was trained on). Another folder still loads as a pretrained model."""
-    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+    from tokpress.eval.accuracy.workload import SHIPPED_MODEL
     from tokpress.eval.bench import workloads
     from tokpress.eval.bench.runner import BenchConfig
 

@@ -352,6 +352,9 @@ def bench(
     repeats: int = typer.Option(3, help="Timed requests per row (median, min, max; >= 1)."),
     warmup: int = typer.Option(1, help="Untimed requests before them (>= 0)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
+    device_map: str = typer.Option(
+        None, help="'auto': spread a checkpoint larger than one GPU over every visible GPU (accelerate)."
+    ),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
     attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
     batch: int = typer.Option(1, help="Copies of the prompt per request (>= 1)."),
@@ -390,6 +393,7 @@ def bench(
         repeats=repeats,
         warmup=warmup,
         device=device,
+        device_map=device_map,
         dtype=dtype,
         attn=attn,
         batch=batch,
@@ -460,6 +464,9 @@ def eval_command(
     fps: float = typer.Option(None, help="Video files: or frames per second of video (> 0). Excludes --frames."),
     n_boot: int = typer.Option(2000, help="Bootstrap resamples of the confidence intervals (>= 1)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
+    device_map: str = typer.Option(
+        None, help="'auto': spread a checkpoint larger than one GPU over every visible GPU (accelerate)."
+    ),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
     attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
     out: str = typer.Option("tokpress-eval", help="Output folder (results.json/csv, report.md, PNG plots)."),
@@ -495,6 +502,7 @@ def eval_command(
         fps=fps,
         n_boot=n_boot,
         device=device,
+        device_map=device_map,
         dtype=dtype,
         attn=attn,
     )

@@ -12,11 +12,13 @@ from tokpress.eval.methods import (
     check_attn,
     check_count,
     check_device,
+    check_device_map,
     check_frames_fps,
     check_methods,
     check_model_path,
     check_ratios,
     option_error,
+    shipped_model_installed,
 )
 from tokpress.eval.synth.tasks import SynthConfig
 
@@ -57,6 +59,7 @@ class EvalConfig:
     data: str | None = None  # real benchmarks: the folder of the benchmark's official release
     subtitles: bool = False  # Video-MME: add the subtitles to the prompt (lmms-eval's videomme_w_subtitle)
     device: str | None = None
+    device_map: str | None = None  # "auto": a checkpoint spread over every visible GPU (accelerate)
     dtype: str | None = None
     attn: str = "sdpa"
     n_boot: int = 2000
@@ -101,6 +104,8 @@ class EvalConfig:
         check_methods(self.methods)
         check_frames_fps(self.frames, self.fps)
         check_device(self.device, self.dtype, tuple(DTYPES))
+        checkpoint = self.model != TINY_MODEL and (self.model is not None or shipped_model_installed())
+        check_device_map(self.device_map, loads_checkpoint=checkpoint)
         check_attn(self.attn)
         if self.model != TINY_MODEL:
             check_model_path(self.model)

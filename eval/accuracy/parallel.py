@@ -123,6 +123,14 @@ def eval_group(config: EvalConfig) -> Group:
 
     # accelerate forms a CPU (gloo) group only when told to: a CUDA-less machine, or --device cpu
     group = current_group(cpu=config.device == "cpu" or not torch.cuda.is_available())
+    if group.distributed and config.device_map is not None:
+        from tokpress.eval.methods import option_error
+
+        raise option_error(
+            "device_map",
+            f"device_map 'auto' spreads one model over every GPU; with {group.world} processes each would: run one "
+            "process with --device-map auto, or several without it",
+        )
     if group.distributed and config.device is None and group.device != "cpu":
         config.device = group.device  # cuda:<local rank>; on CPU the default already is the device
     return group

@@ -58,11 +58,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 import tokpress
 from tokpress.eval.accuracy.config import DEFAULT_METHODS, DEFAULT_N, DEFAULT_RATIOS, TINY_MODEL, EvalConfig, eval_plan
@@ -78,18 +75,13 @@ from tokpress.eval.accuracy.scoring import (
 )
 from tokpress.eval.accuracy.stream import STREAM_FILE, append_records, open_stream, stream_key
 from tokpress.eval.accuracy.summary import summarize
+from tokpress.eval.accuracy.workload import RANDOM_WEIGHTS_NOTE, EvalWorkload, make_eval_workload
 from tokpress.eval.bench.flops_exact import fastv_prefill_flops
 from tokpress.eval.bench.timing import Clock
 from tokpress.eval.methods import check_writable
 
 logger = logging.getLogger("tokpress")
 
-#: Where the trained synth model ships; used when no model is given and it exists.
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "tokpress-synth-qwen2.5-vl"
-RANDOM_WEIGHTS_NOTE = (
-    "The model has RANDOM weights (built-in tiny Qwen2.5-VL; the trained synth model is not installed): accuracies "
-    "are chance-level noise. This run checks the machinery, not the methods."
-)
 Progress = Callable[[str, int], None]
 __all__ = [
     "DEFAULT_METHODS",
@@ -121,17 +113,6 @@ def load_benchmark(config: EvalConfig) -> list[EvalSample]:
     if config.benchmark in BENCHMARKS:
         return load_real(config.benchmark, config.data, config.n, subtitles=config.subtitles, frames=config.frames)
     return local_samples(config.benchmark, config.n)
-
-
-@dataclass
-class EvalWorkload:
-    """A model, its processor and a description of the environment."""
-
-    name: str
-    model: torch.nn.Module
-    processor: Any
-    environment: dict[str, str]
-    random_weights: bool = False
 
 
 def run_eval(
@@ -256,56 +237,6 @@ def with_summaries(records: list[dict[str, Any]], config: EvalConfig) -> list[di
         records, n_boot=config.n_boot, seed=config.seed, alpha=config.alpha, exact_below=config.exact_below
     )
     return summary + records
-
-
-# ------------------------------------------------------------------------------------------------- workloads
-
-
-def make_eval_workload(config: EvalConfig) -> EvalWorkload:
-    """The model to evaluate: ``config.model`` (``"tiny"``: the built-in one), else the shipped synth model when it
-    is installed, else the built-in tiny random-weight Qwen2.5-VL (the report then says so)."""
-    from tokpress.eval.bench.workloads import environment, resolve_device
-
-    config.validate()
-    device, dtype = resolve_device(config)  # reads .device and .dtype only
-    path = config.model
-    if path is None and (SHIPPED_MODEL / "config.json").is_file():
-        path = str(SHIPPED_MODEL)
-    if path is None or path == TINY_MODEL:
-        from tokpress.eval.tiny.families import tiny_model
-        from tokpress.eval.tiny.processor import tiny_processor
-
-        if path is None:
-            logger.warning("tokpress eval: %s not found; using the built-in random-weight model", SHIPPED_MODEL)
-        model = tiny_model("qwen2_5_vl", attn=config.attn, dtype=dtype).to(device)
-        env = environment(model, device, dtype, config.attn)
-        env["model"] = "built-in tiny Qwen2.5-VL (RANDOM weights, 4 layers, hidden 64)"
-        work = EvalWorkload("tiny-qwen2.5-vl", model, tiny_processor("qwen2_5_vl"), env, random_weights=True)
-    else:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}
-        ).eval()
-        env = environment(model, device, dtype, config.attn)
-        env["model"] = path
-        work = EvalWorkload(Path(path).name, model, AutoProcessor.from_pretrained(path), env)
-    if config.benchmark == "synth":
-        env["benchmark"] = f"synth test split, {config.n or DEFAULT_N} videos (namespace {config.synth.seed})"
-    elif config.real:
-        subs = ", with subtitles" if config.subtitles else ""
-        env["benchmark"] = f"{config.benchmark} ({config.data}{subs}; lmms-eval 0.7.3 prompt and extraction)"
-    else:
-        env["benchmark"] = str(config.benchmark)
-    env["scoring"] = (
-        f"{config.scoring}: {config.answer_format}s"
-        + {
-            "logits": f", {config.normalize} log-likelihood",
-            "generate": ", greedy decoding",
-            "both": f", {config.normalize} log-likelihood and greedy decoding ({config.max_new_tokens} tokens)",
-        }[config.scoring]
-    )
-    return work
 
 
 def evaluate(

@@ -19,10 +19,9 @@ from typing import Any
 
 from tokpress.errors import ConfigError
 from tokpress.eval.bench.archs import decoder_shape, model_shape
-from tokpress.eval.bench.macs import ffn_macs, gated_delta_rule_macs, mixer_macs, tower_macs
+from tokpress.eval.bench.macs import ffn_macs, mixer_macs, tower_macs
 
-#: The public interface. :func:`~tokpress.eval.bench.macs.gated_delta_rule_macs` is counted in ``macs`` and offered
-#: here too: the chunked delta rule's MACs on their own.
+#: The public interface (per-layer-kind MAC counts live in :mod:`~tokpress.eval.bench.macs`).
 __all__ = [
     "PER_FRAME_TOWERS",
     "PrefillFlops",
@@ -31,7 +30,6 @@ __all__ = [
     "decoder_layer_flops",
     "exact_prefill_flops",
     "fastv_prefill_flops",
-    "gated_delta_rule_macs",
     "input_video_grid",
     "last_query_attention_overhead",
     "llm_prefill_flops",

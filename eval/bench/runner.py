@@ -19,11 +19,13 @@ from tokpress.eval.methods import (
     check_attn,
     check_count,
     check_device,
+    check_device_map,
     check_frames_fps,
     check_methods,
     check_model_path,
     check_ratios,
     option_error,
+    shipped_model_installed,
 )
 
 logger = logging.getLogger("tokpress")
@@ -68,6 +70,7 @@ class BenchConfig:
     repeats: int = 3
     warmup: int = 1
     device: str | None = None
+    device_map: str | None = None  # "auto": a checkpoint spread over every visible GPU (accelerate)
     dtype: str | None = None
     attn: str = "sdpa"
     batch: int = 1
@@ -91,6 +94,8 @@ class BenchConfig:
             check_count(name, getattr(self, name), minimum)
         check_frames_fps(self.frames, self.fps)
         check_device(self.device, self.dtype, tuple(DTYPES))
+        checkpoint = self.arch is None and (self.model is not None or shipped_model_installed())
+        check_device_map(self.device_map, loads_checkpoint=checkpoint)
         check_attn(self.attn)
         check_model_path(self.model)
         check_count("size", self.extra.get("size"), 1)
@@ -101,7 +106,7 @@ class BenchConfig:
 
     def _check_synth_frames(self) -> None:
         """The default bench on the shipped model samples a synth test video: at most its frame count."""
-        from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+        from tokpress.eval.accuracy.workload import SHIPPED_MODEL
         from tokpress.eval.synth.tasks import SynthConfig
 
         total = SynthConfig().frames

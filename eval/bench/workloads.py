@@ -8,6 +8,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +32,12 @@ def resolve_device(config: BenchConfig) -> tuple[torch.device, torch.dtype]:
     return device, DTYPES[name]
 
 
+def device_map_arg(config: Any, device: torch.device) -> str | dict[str, str]:
+    """``from_pretrained``'s ``device_map``: ``"auto"`` when ``config.device_map`` asks for it (one model over every
+    visible GPU, for checkpoints larger than one), else the whole model on ``device``."""
+    return "auto" if getattr(config, "device_map", None) == "auto" else {"": str(device)}
+
+
 def environment(model, device: torch.device, dtype: torch.dtype, attn: str) -> dict[str, str]:
     import transformers
 
@@ -48,6 +55,9 @@ def environment(model, device: torch.device, dtype: torch.dtype, attn: str) -> d
     if device.type == "cuda":
         env["cuda"] = str(torch.version.cuda)
         env["driver"] = _driver_version()
+    placed = getattr(model, "hf_device_map", None) or {}
+    if len(set(map(str, placed.values()))) > 1:  # device_map="auto" spread the model
+        env["device_map"] = "auto: " + ", ".join(sorted(set(map(str, placed.values()))))
     return env
 
 
@@ -141,7 +151,7 @@ def _processor_workload(
 def default_workload(config: BenchConfig) -> Workload:
     """The embedded default: the shipped synth model on a synth test video (:func:`synth_workload`) when it is
     installed, else a tiny Qwen2.5-VL with random weights, a generated video and the real (offline) processor."""
-    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+    from tokpress.eval.accuracy.workload import SHIPPED_MODEL
 
     if (SHIPPED_MODEL / "config.json").is_file():
         return synth_workload(config, SHIPPED_MODEL)
@@ -170,7 +180,11 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
 
     device, dtype = resolve_device(config)
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}, local_files_only=True
+        path,
+        dtype=dtype,
+        attn_implementation=config.attn,
+        device_map=device_map_arg(config, device),
+        local_files_only=True,
     ).eval()
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     sample = make_split("test", 1, tasks=[BENCH_SYNTH_TASK], offset=BENCH_SYNTH_INDEX)[0]
@@ -220,7 +234,7 @@ def pretrained_workload(config: BenchConfig) -> Workload:
 
     device, dtype = resolve_device(config)
     model = AutoModelForImageTextToText.from_pretrained(
-        config.model, dtype=dtype, attn_implementation=config.attn, device_map={"": str(device)}
+        config.model, dtype=dtype, attn_implementation=config.attn, device_map=device_map_arg(config, device)
     ).eval()
     processor = AutoProcessor.from_pretrained(config.model)
     env = environment(model, device, dtype, config.attn)
@@ -257,7 +271,7 @@ def make_workload(config: BenchConfig) -> Workload:
 
 def _is_shipped(model: str) -> bool:
     """Whether ``--model`` names the shipped synth model's folder (however the path is spelled)."""
-    from tokpress.eval.accuracy.runner import SHIPPED_MODEL
+    from tokpress.eval.accuracy.workload import SHIPPED_MODEL
 
     path = Path(model).expanduser()
     return path.is_dir() and path.resolve() == SHIPPED_MODEL.resolve()
