@@ -4,6 +4,8 @@
 - :mod:`~tokpress.eval.accuracy.runner`: samples of a benchmark, the method × ratio loop, ``evaluate``.
 - :mod:`~tokpress.eval.accuracy.runs`: one method x ratio run of a batch and its per-sample records.
 - :mod:`~tokpress.eval.accuracy.stream`: ``samples.jsonl`` streaming and resume.
+- :mod:`~tokpress.eval.accuracy.parallel`: data parallel (shard the samples, gather the records on the main process).
+- :mod:`~tokpress.eval.accuracy.workload`: the model scored (a checkpoint, the shipped synth model, the tiny one).
 - :mod:`~tokpress.eval.accuracy.data`: :class:`EvalSample`, the synth and local-folder samples, prompts and answers.
 - :mod:`~tokpress.eval.accuracy.benchmarks`: Video-MME, MVBench, LongVideoBench, EgoSchema from their releases.
 - :mod:`~tokpress.eval.accuracy.scoring`: option log-likelihoods (one prefill, options as continuations), generation.
