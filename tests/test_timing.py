@@ -37,3 +37,53 @@ def test_stage_timer_brackets_calls(monkeypatch):
     timer.remove()
     outer(torch.zeros(1, 2))
     assert len(timer.stamps.calls["outer"]) == 2
+
+
+class _FakeEvent:
+    """Stands in for ``torch.cuda.Event``: records the tick of a fake GPU timeline when recorded."""
+
+    ticks = iter([])
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.at: float | None = None
+        self.synced = False
+
+    def record(self, stream=None) -> None:
+        self.at = next(_FakeEvent.ticks)
+
+    def synchronize(self) -> None:
+        self.synced = True
+
+    def elapsed_time(self, end: _FakeEvent) -> float:  # milliseconds, as CUDA's
+        assert end.synced, "the end event must be waited for before reading the span"
+        return end.at - self.at
+
+
+def test_request_span_uses_cuda_events_on_cuda(monkeypatch):
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(_FakeEvent, "ticks", iter([100.0, 350.0, 999.0]))  # ms on the fake GPU timeline
+    span = timing.RequestSpan(timing.Clock("cuda:0"))
+    assert span.clock_name == "CUDA events" and span.seconds() is None
+    span.start()
+    assert len(syncs) == 1  # earlier work finished before the start event
+    span.end()
+    span.end()  # later calls (the decode steps' forwards) do not move the end
+    assert span.seconds() == 0.25
+
+
+def test_request_span_perf_counter_on_cpu_and_first_hook(monkeypatch):
+    ticks = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(ticks)))
+    module = torch.nn.Linear(2, 2)
+    clock = timing.Clock("cpu")
+    timer = timing.StageTimer(clock, {"top": module})  # its post-hook was registered first ...
+    span = timing.RequestSpan(clock)
+    span.attach(module)  # ... yet the span's end runs ahead of it
+    span.start()  # tick 0 (Clock.now) and tick 1 (the span's start)
+    module(torch.zeros(1, 2))  # timer start 2, span end 3, timer end 4
+    assert span.clock_name == "perf_counter" and span.seconds() == 2.0
+    assert timer.stamps.calls["top"] == [(2.0, 4.0)]

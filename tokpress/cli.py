@@ -262,6 +262,16 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
     return check_ratios(values)
 
 
+def _parse_batch(text: str) -> tuple[int, ...]:
+    """``--batch``: one size or a comma-separated list, e.g. ``1,4,8`` (checked further by the config)."""
+    from tokpress.eval.methods import parse_list
+
+    try:
+        return tuple(int(b) for b in parse_list(text))
+    except ValueError:
+        raise _flag_error("--batch", f"comma-separated integers >= 1 (e.g. 1,4,8), got {text!r}") from None
+
+
 # ------------------------------------------------------------------------------------------------- commands
 
 
@@ -349,22 +359,31 @@ def bench(
         None, help="Frames sampled uniformly from the video (>= 1; at most the video's). Excludes --fps."
     ),
     fps: float = typer.Option(None, help="Or: frames sampled per second of video (> 0). Excludes --frames."),
-    repeats: int = typer.Option(3, help="Timed requests per row (median, min, max; >= 1)."),
-    warmup: int = typer.Option(1, help="Untimed requests before them (>= 0)."),
+    repeats: int = typer.Option(
+        3,
+        help="Rounds (>= 1): each round times every row once, in a fresh shuffled order; per row the median, min and "
+        "max over rounds, speed-ups paired per round with a bootstrap interval.",
+    ),
+    warmup: int = typer.Option(1, help="Untimed requests per row before the rounds (>= 0)."),
     device: str = typer.Option(None, help="cpu, cuda, cuda:N or mps (default: cuda when available)."),
     device_map: str = typer.Option(
         None, help="'auto': spread a checkpoint larger than one GPU over every visible GPU (accelerate)."
     ),
     dtype: str = typer.Option(None, help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU)."),
     attn: str = typer.Option("sdpa", help="sdpa, eager or flash_attention_2 (needs flash-attn)."),
-    batch: int = typer.Option(1, help="Copies of the prompt per request (>= 1)."),
+    batch: str = typer.Option(
+        "1",
+        help="Copies of the prompt per request (>= 1); a comma-separated list (e.g. 1,4,8) measures every row at "
+        "each size, speed-ups paired within a size.",
+    ),
     max_new_tokens: int = typer.Option(16, help="Tokens generated for the answer and decode speed (>= 1)."),
+    seed: int = typer.Option(0, help="Seed of the rounds' shuffled orders and the bootstrap intervals (>= 0)."),
     size: int = typer.Option(448, help="--arch only: frame side in pixels of the synthetic video."),
     out: str = typer.Option("tokpress-results", help="Output folder (results.json/csv, report.md, PNG plots)."),
     list_archs: bool = typer.Option(False, "--list-archs", help="List the shipped architectures and exit."),
 ) -> None:
     """Compare methods x retain ratios: TTFT by stage, the oracle, FLOPs, memory, decode speed, answers."""
-    from tokpress.eval.bench.runner import BenchConfig, bench_plan, run_bench
+    from tokpress.eval.bench.runner import BenchConfig, bench_steps, run_bench
     from tokpress.eval.methods import check_writable, parse_list
 
     console = _console()
@@ -396,8 +415,9 @@ def bench(
         device_map=device_map,
         dtype=dtype,
         attn=attn,
-        batch=batch,
+        batch=_parse_batch(batch),
         max_new_tokens=max_new_tokens,
+        seed=seed,
         extra={"size": size},
     )
     config.validate()
@@ -408,11 +428,11 @@ def bench(
 
     _note("bench: loading the model")
     work = make_workload(config)
-    plan = bench_plan(config)
-    with _Progress("bench", len(plan), console, every=0.0) as progress:  # rows take seconds: a line each
-        calls = iter(range(len(plan)))
+    steps = bench_steps(config)  # a warm-up per row, then the rounds
+    with _Progress("bench", steps, console, every=0.0) as progress:  # steps take seconds: a line each
+        calls = iter(range(steps))
         records = run_bench(config, work, progress=lambda label: progress.update(f"now {label}", next(calls)))
-        progress.update("rows measured", len(plan))
+        progress.update("rows measured", steps)
     paths = write_report(records, work.environment, out)
     print_table(records, console)
     console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")

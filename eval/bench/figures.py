@@ -9,7 +9,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokpress.eval.bench.records import STAGE_LABELS, STAGES, _get, _method_label, _num, _ordered, _ratio_key
+from tokpress.eval.bench.records import (
+    STAGE_LABELS,
+    STAGES,
+    _batch,
+    _get,
+    _method_label,
+    _num,
+    _ordered,
+    _ratio_key,
+    batches,
+)
 from tokpress.eval.plots import (
     UNCOMPRESSED_COLOR,
     dodge_offsets,
@@ -241,9 +251,14 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: str | Path) -> dict[
     """``ttft_vs_retention.png``, ``stage_breakdown.png`` and ``flops_vs_retention.png`` (panels per model).
 
     Uses matplotlib's object API on the Agg canvas: no pyplot, no window, the global backend is left alone.
-    Raises ImportError without matplotlib.
+    Raises ImportError without matplotlib. A batch sweep is plotted at its smallest batch size (the tables have
+    every size).
     """
     import matplotlib  # noqa: F401  (ImportError without it)
+
+    sizes = batches(records)
+    if len(sizes) > 1:
+        records = [r for r in records if _batch(r) == sizes[0]]
 
     out = Path(out_dir)
     paths = {name: out / name for name in ("ttft_vs_retention.png", "stage_breakdown.png", "flops_vs_retention.png")}

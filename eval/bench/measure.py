@@ -1,7 +1,14 @@
-"""One row of ``tokpress bench``: a method at a ratio applied to a workload, its requests timed by stage, and the
-result record (schema in :mod:`~tokpress.eval.bench.records`).
+"""The rows of ``tokpress bench``: a method at a ratio and a batch size applied to a workload, its requests timed
+by stage, and the result record (schema in :mod:`~tokpress.eval.bench.records`).
 
-Stages of one measured request (all on a CUDA-synchronised clock, see :mod:`tokpress.eval.bench.timing`):
+A row is ``(method, ratio, batch)``. :meth:`Runner.warm` warms a row up and takes what does not vary between
+requests (answer, decode speed, token counts, FLOPs); :meth:`Runner.timed` measures one request of a row, as the
+interleaved rounds of :mod:`~tokpress.eval.bench.rounds` call it; :meth:`Runner.record` assembles the record.
+Switching rows is done outside the timed region: ``tokpress.apply`` / ``remove`` and, for the oracle, its index,
+computed once per ratio and replayed for every batch size.
+
+Stages of one measured request (clocks in :mod:`tokpress.eval.bench.timing`: TTFT by CUDA events on a GPU, stage
+boundaries on a CUDA-synchronised clock):
 
 * ``video_decode`` — reading and sampling the video file (0 for synthetic inputs);
 * ``preprocess`` — the HF processor (resize, patchify, tokenise);
@@ -18,13 +25,15 @@ The *oracle* of a ratio is the same model fed the same number of video tokens by
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 import tokpress
 from tokpress.eval.bench.inputs import video_placeholder_id
-from tokpress.eval.bench.timing import Clock, StageTimer
+from tokpress.eval.bench.rounds import rebatch
+from tokpress.eval.bench.timing import Clock, RequestSpan, StageTimer
 from tokpress.eval.methods import parse_method
 from tokpress.patches.cache_arg import output_cache
 
@@ -32,8 +41,16 @@ if TYPE_CHECKING:
     from tokpress.eval.bench.runner import BenchConfig, Workload
 
 
+STAGES = ("video_decode", "preprocess", "vision", "compression", "prefill", "first_decode")
+Row = tuple[str, float, int]  # (method, ratio, batch)
+
+
 def _median_spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _ms(values: Sequence[float | None]) -> list[float | None]:
+    return [None if v is None else v * 1e3 for v in values]
 
 
 def _kv_megabytes(cache) -> float | None:
@@ -54,45 +71,73 @@ def _vision_module(model) -> torch.nn.Module:
 
 
 class Runner:
-    """Measures one workload under a sequence of methods; owns the stage hooks."""
+    """Measures one workload under a sequence of rows; owns the stage hooks, the TTFT span and the oracle indices.
+
+    The workload builds its inputs for ``config.batch`` prompts; the runner sets that field to each row's batch size
+    before asking for inputs (and repeats one prompt's inputs where a workload built them once,
+    :func:`~tokpress.eval.bench.rounds.rebatch`); :meth:`close` restores it.
+    """
 
     def __init__(self, work: Workload, config: BenchConfig) -> None:
         self.work, self.config = work, config
         self.device = next(work.model.parameters()).device
         self.clock = Clock(self.device)
+        self.span = RequestSpan(self.clock)
+        self._span_hook = self.span.attach(work.model)  # ahead of the stage timer's synchronising hook
         lm = work.model.model.language_model
         self.timer = StageTimer(self.clock, {"vision": _vision_module(work.model), "lm": lm, "top": work.model})
         self.text_config = lm.config
-        self.reference: torch.Tensor | None = None
+        self.references: dict[int, torch.Tensor] = {}  # batch -> the uncompressed answer
+        self._oracle_keep: dict[float, list] = {}  # ratio -> kept["outer"][0] of the uniform pre-pass
+        self._batch = config.batch
 
     def close(self) -> None:
         self.timer.remove()
+        self._span_hook.remove()
         tokpress.remove(self.work.model)
+        self.config.batch = self._batch
 
-    def _apply(self, method: str, ratio: float) -> None:
+    def _inputs(self, batch: int) -> tuple[dict, float, float]:
+        self.config.batch = batch
+        inputs, decode_s, preprocess_s = self.work.make_inputs()
+        return rebatch(inputs, batch), decode_s, preprocess_s
+
+    @torch.no_grad()
+    def _oracle_index(self, ratio: float) -> list:
+        """The oracle's kept grid indices of one prompt (``[video][k]``) at ``ratio``, computed once: evenly spaced
+        per frame (``uniform``), learnt on one forward of a one-prompt input."""
+        if ratio not in self._oracle_keep:
+            model = self.work.model
+            tokpress.remove(model)
+            tokpress.apply(model, outer="uniform", retain_ratio=ratio)
+            inputs, _, _ = self._inputs(1)
+            model(**inputs)
+            self._oracle_keep[ratio] = model.tokpress.last.kept["outer"][0]
+            tokpress.remove(model)
+        return self._oracle_keep[ratio]
+
+    def prepare(self, row: Row) -> None:
+        """Apply ``row``'s method to the model (untimed); the oracle replays its cached index per prompt."""
+        method, ratio, batch = row
         model = self.work.model
         tokpress.remove(model)
         if method == "oracle":
-            tokpress.apply(model, outer="uniform", retain_ratio=ratio)
-            inputs, _, _ = self.work.make_inputs()
-            with torch.no_grad():
-                model(**inputs)  # learn the grid once, then replay the index with no selection work
-            kept = model.tokpress.last.kept["outer"]
-            tokpress.apply(model, outer="fixed", retain_ratio=ratio, outer_options={"keep": kept})
+            keep = [self._oracle_index(ratio)] * batch
+            tokpress.apply(model, outer="fixed", retain_ratio=ratio, outer_options={"keep": keep})
         elif (kwargs := parse_method(method)) is not None:
             tokpress.apply(model, retain_ratio=ratio, **kwargs)
         if hasattr(model, "tokpress"):
             model.tokpress.sync_timing = True
 
     @torch.no_grad()
-    def _request(self) -> dict[str, Any]:
-        """One timed request: generate until the first decode step has run."""
+    def _request(self, batch: int) -> dict[str, Any]:
+        """One timed request of ``batch`` prompts: generate until the first decode step has run (seconds)."""
         model = self.work.model
-        inputs, decode_s, preprocess_s = self.work.make_inputs()
+        inputs, decode_s, preprocess_s = self._inputs(batch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.timer.reset()
-        start = self.clock.now()
+        self.span.start()
         out = model.generate(
             **inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True
         )
@@ -102,7 +147,7 @@ class Runner:
         compression = last.compression_s if last else 0.0
         vision = sum(e - s for s, e in stamps.calls.get("vision", []) if e <= prefill_end)
         return {
-            "ttft": decode_s + preprocess_s + prefill_end - start,
+            "ttft": decode_s + preprocess_s + self.span.seconds(),
             "video_decode": decode_s,
             "preprocess": preprocess_s,
             "vision": vision,
@@ -114,10 +159,10 @@ class Runner:
         }
 
     @torch.no_grad()
-    def _answer(self) -> tuple[torch.Tensor, float | None]:
-        """Greedy answer ids and decode tokens/s over ``max_new_tokens`` forced tokens."""
+    def _answer(self, batch: int) -> tuple[torch.Tensor, float | None]:
+        """Greedy answer ids of the first prompt and decode tokens/s over ``max_new_tokens`` forced tokens."""
         n = self.config.max_new_tokens
-        inputs, _, _ = self.work.make_inputs()
+        inputs, _, _ = self._inputs(batch)
         self.timer.reset()
         out = self.work.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         end = self.clock.now()
@@ -125,51 +170,80 @@ class Runner:
         speed = (n - 1) / (end - prefill_end) if n > 1 and end > prefill_end else None
         return out[0, inputs["input_ids"].shape[1] :], speed
 
-    def measure(self, method: str, ratio: float) -> dict[str, Any]:
-        self._apply(method, ratio)
-        for _ in range(self.config.warmup):
-            self._request()
-        runs = [self._request() for _ in range(self.config.repeats)]
-        answer, speed = self._answer()
-        if method == "none":
-            self.reference = answer
+    def timed(self, row: Row) -> dict[str, Any]:
+        """One measured request of ``row`` (the method applied before, removed after, both untimed)."""
+        self.prepare(row)
+        try:
+            return self._request(row[2])
+        finally:
+            tokpress.remove(self.work.model)
+
+    def warm(self, row: Row) -> dict[str, Any]:
+        """``config.warmup`` untimed requests of ``row``, then its answer, decode speed, token counts and FLOPs."""
+        method, ratio, batch = row
+        self.prepare(row)
+        try:
+            for _ in range(self.config.warmup):
+                self._request(batch)
+            answer, speed = self._answer(batch)
+            if method == "none":
+                self.references[batch] = answer
+            return self._static(row, answer, speed)
+        finally:
+            tokpress.remove(self.work.model)
+
+    def _static(self, row: Row, answer: torch.Tensor, speed: float | None) -> dict[str, Any]:
         model = self.work.model
         last = model.tokpress.last if hasattr(model, "tokpress") else None
-        inputs, _, _ = self.work.make_inputs()
+        inputs, _, _ = self._inputs(1)
         n_video = int((inputs["input_ids"][0] == video_placeholder_id(model.config)).sum())
         seq = int(inputs["attention_mask"][0].sum())
         per_layer = last.tokens_per_layer[0] if last else [seq] * self.text_config.num_hidden_layers
-        stage_names = ("video_decode", "preprocess", "vision", "compression", "prefill", "first_decode")
-        record = {
-            "model": self.work.name,
-            "method": method,
-            "ratio": ratio,
+        reference = self.references.get(row[2])
+        return {
             "video_tokens": n_video,
             "into_llm": last.after_outer[0] if last else n_video,
             "tokens_per_layer": per_layer,
-            "ttft_ms": {k: v * 1e3 for k, v in _median_spread([r["ttft"] for r in runs]).items()},
-            "stages_ms": {
-                s: None if any(r[s] is None for r in runs) else 1e3 * statistics.median(r[s] for r in runs)
-                for s in stage_names
-            },
             "decode_tokens_per_s": speed,
-            "peak_memory_mb": runs[-1]["peak_memory_mb"],
-            "kv_cache_mb": runs[-1]["kv_cache_mb"],
             "flops_fastv": self._fastv_flops(per_layer),
             "flops_exact": self._exact_flops(per_layer, inputs),
             "answer": self.work.decode(answer)[:80],
-            "same_answer": None if self.reference is None else self._same_answer(answer),
-            "repeats": self.config.repeats,
+            "same_answer": None if reference is None else self._same_answer(answer, reference),
         }
-        tokpress.remove(model)
-        return record
 
-    def _same_answer(self, answer: torch.Tensor) -> bool:
+    def record(self, row: Row, static: dict[str, Any], runs: list[dict[str, Any]], positions: list[int]) -> dict:
+        """The result record of ``row`` from its warm-up (``static``) and its per-round requests (``runs``, in round
+        order; ``positions[k]``: its place in round ``k``)."""
+        method, ratio, batch = row
+        per_round = {"ttft": _ms([r["ttft"] for r in runs])} | {s: _ms([r[s] for r in runs]) for s in STAGES}
+        peaks = [r["peak_memory_mb"] for r in runs if r["peak_memory_mb"] is not None]
+        return {
+            "model": self.work.name,
+            "method": method,
+            "ratio": ratio,
+            "batch": batch,
+            **{k: static[k] for k in ("video_tokens", "into_llm", "tokens_per_layer")},
+            "ttft_ms": _median_spread(per_round["ttft"]),
+            "stages_ms": {
+                s: None if any(v is None for v in per_round[s]) else statistics.median(per_round[s]) for s in STAGES
+            },
+            "rounds_ms": per_round,
+            "round_positions": positions,
+            "seed": self.config.seed,
+            "ttft_clock": self.span.clock_name,
+            "decode_tokens_per_s": static["decode_tokens_per_s"],
+            "peak_memory_mb": max(peaks) if peaks else None,
+            "kv_cache_mb": runs[-1]["kv_cache_mb"],
+            **{k: static[k] for k in ("flops_fastv", "flops_exact", "answer", "same_answer")},
+            "repeats": len(runs),
+        }
+
+    def _same_answer(self, answer: torch.Tensor, reference: torch.Tensor) -> bool:
         """Whether ``answer`` gives the uncompressed model's answer (:func:`~tokpress.eval.accuracy.data.first_answer`:
         the first sentence, not every generated token)."""
         from tokpress.eval.accuracy.data import first_answer
 
-        return first_answer(self.work.decode(answer)) == first_answer(self.work.decode(self.reference))
+        return first_answer(self.work.decode(answer)) == first_answer(self.work.decode(reference))
 
     def _fastv_flops(self, per_layer: list[int]) -> float:
         """FastV-convention FLOPs with the model's per-layer widths (MoE: active experts; linear attention: state)."""

@@ -18,8 +18,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tokpress.eval.bench.records import _get, _method_label, _ordered, derive
-from tokpress.eval.bench.tables import _fixed, _ms, _si, _tokens, _x, _yes_no, render_markdown
+from tokpress.eval.bench.records import _batch, _get, _method_label, _ordered, batches, derive
+from tokpress.eval.bench.tables import (
+    SPEEDUP_NOTE,
+    _fixed,
+    _ms,
+    _pct,
+    _ratio_to_oracle,
+    _si,
+    _tokens,
+    _x_ci,
+    _yes_no,
+    render_markdown,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +65,15 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def write_json(path: Path, records: Sequence[dict[str, Any]], environment: dict[str, Any], command: str) -> None:
-    """``results.json``: ``{"command", "created", "environment", "records"}``."""
+    """``results.json``: ``{"command", "created", "environment", "speedups", "records"}``; each record carries its
+    :func:`~tokpress.eval.bench.records.derive` numbers under ``"derived"`` (paired speed-ups with their intervals,
+    TTFT vs the oracle, overhead, vision share, FLOPs fractions); ``"speedups"`` says how they were computed."""
     payload = {
         "command": command,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": environment,
-        "records": list(records),
+        "speedups": SPEEDUP_NOTE,
+        "records": [dict(r) | {"derived": d} for r, d in zip(records, derive(records))],
     }
     path.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
@@ -120,20 +134,25 @@ def print_table(records: Sequence[dict[str, Any]], console: Any, title: str | No
 
     derived = derive(records)
     groups = _ordered(records)
-    table = Table(title=title or "tokpress bench", title_justify="left")
+    with_batch = len(batches(records)) > 1
+    table = Table(title=title or "tokpress bench", title_justify="left", caption=SPEEDUP_NOTE, caption_justify="left")
     columns = [
         "method",
         "ratio",
         "tokens",
         "TTFT ms",
-        "× none",
-        "× oracle",
-        "cmp %",
+        "× none [95% CI]",
+        "× oracle [95% CI]",
+        "/ oracle",
+        "ovh %",
+        "vis %",
         "FLOPs",
         "mem MB",
         "tok/s",
         "same",
     ]
+    if with_batch:
+        columns.insert(1, "batch")
     if len(groups) > 1:
         columns.insert(0, "model")
     for col in columns:
@@ -147,14 +166,18 @@ def print_table(records: Sequence[dict[str, Any]], console: Any, title: str | No
                 _fixed(r.get("ratio"), 2),
                 _tokens(r),
                 _ms(_get(r, "ttft_ms.median")),
-                _x(d["speedup_vs_none"]),
-                _x(d["speedup_vs_oracle"]),
-                _fixed(d["compression_overhead_pct"], 1),
+                _x_ci(d["speedup_vs_none"]),
+                _x_ci(d["speedup_vs_oracle"]),
+                _ratio_to_oracle(d["ttft_vs_oracle"]),
+                _pct(d["overhead_pct"]),
+                _pct(d["vision_share_pct"], 0),
                 f"{frac:.0%}" if frac is not None else _si(r.get("flops_fastv")),
                 _fixed(r.get("peak_memory_mb")),
                 _fixed(r.get("decode_tokens_per_s"), 1),
                 _yes_no(r.get("same_answer")),
             ]
+            if with_batch:
+                row.insert(1, str(_batch(r)))
             table.add_row(*([model] if len(groups) > 1 else []), *row)
         if len(groups) > 1:
             table.add_section()

@@ -1,8 +1,10 @@
-"""``tokpress bench``: methods x retention ratios on one model and one video — TTFT split into stages, the oracle,
-FLOPs (FastV convention and exact), peak memory, KV-cache size, decode speed and answer agreement.
+"""``tokpress bench``: methods x retention ratios (x batch sizes) on one model and one video — TTFT split into
+stages, the oracle, paired speed-ups, FLOPs (FastV convention and exact), peak memory, KV-cache size, decode speed
+and answer agreement.
 
-Each ``(method, ratio)`` row is measured by :class:`~tokpress.eval.bench.measure.Runner` (the stages of a request and
-the oracle are defined there).
+Each ``(method, ratio, batch)`` row is warmed up, then measured once per interleaved round
+(:mod:`~tokpress.eval.bench.rounds`) by :class:`~tokpress.eval.bench.measure.Runner` (the stages of a request and
+the oracle are defined there); speed-ups are paired per round (:mod:`~tokpress.eval.bench.paired`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import torch
 
-from tokpress.eval.bench.measure import Runner
+from tokpress.eval.bench.measure import Row, Runner
+from tokpress.eval.bench.rounds import run_rounds
 from tokpress.eval.methods import (
     check_attn,
     check_count,
@@ -67,16 +70,36 @@ class BenchConfig:
     ratios: tuple[float, ...] = (0.5, 0.25, 0.1)
     frames: int | None = None
     fps: float | None = None
-    repeats: int = 3
-    warmup: int = 1
+    repeats: int = 3  # rounds: every row measured once per round, in a shuffled order
+    warmup: int = 1  # untimed requests per row before the rounds
     device: str | None = None
     device_map: str | None = None  # "auto": a checkpoint spread over every visible GPU (accelerate)
     dtype: str | None = None
     attn: str = "sdpa"
-    batch: int = 1
+    batch: int | tuple[int, ...] = 1  # prompts per request; a sequence is a sweep (moved to ``batches``)
+    batches: tuple[int, ...] = ()  # the batch sizes measured; empty: just ``batch``
     max_new_tokens: int = 16
     oracle: bool = True
+    seed: int = 0  # of the rounds' shuffles and the bootstrap intervals
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes every row is measured at (``batches``, else ``(batch,)``)."""
+        return tuple(self.batches) or (self.batch,)
+
+    def _normalise_batch(self) -> None:
+        """A sequence given as ``batch`` becomes ``batches``; ``batch`` is then its first entry (the workload builds
+        its inputs for ``batch`` prompts; the runner sets it to each size in turn)."""
+        if isinstance(self.batch, (list, tuple)):
+            self.batches, self.batch = tuple(self.batch), (self.batch[0] if self.batch else 0)
+        self.batches = tuple(self.batches)
+        for size in self.batch_sizes:
+            check_count("batch", size, 1)
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise option_error("batch", f"batch sizes repeat in {self.batch_sizes}: give each once, e.g. 1,4,8")
+        if self.batches and self.batch not in self.batches:
+            self.batch = self.batches[0]
 
     def validate(self) -> None:
         """Check every option before a model or video is loaded; raise :class:`~tokpress.errors.ConfigError` naming
@@ -90,7 +113,8 @@ class BenchConfig:
             raise option_error("arch", "pass either --model or --arch, not both")
         check_methods(self.methods)
         self.ratios = check_ratios(self.ratios)
-        for name, minimum in (("repeats", 1), ("warmup", 0), ("batch", 1), ("max_new_tokens", 1)):
+        self._normalise_batch()
+        for name, minimum in (("repeats", 1), ("warmup", 0), ("max_new_tokens", 1), ("seed", 0)):
             check_count(name, getattr(self, name), minimum)
         check_frames_fps(self.frames, self.fps)
         check_device(self.device, self.dtype, tuple(DTYPES))
@@ -158,15 +182,47 @@ def bench_plan(config: BenchConfig) -> list[tuple[str, float]]:
     return rows
 
 
+def bench_rows(config: BenchConfig) -> list[Row]:
+    """The measured rows: :func:`bench_plan` at each batch size, ``(method, ratio, batch)``."""
+    return [(method, ratio, batch) for batch in config.batch_sizes for method, ratio in bench_plan(config)]
+
+
+def bench_steps(config: BenchConfig) -> int:
+    """Progress steps of :func:`run_bench`: one warm-up per row, then one per round."""
+    return len(bench_rows(config)) + config.repeats
+
+
+def _label(row: Row, batches: int) -> str:
+    method, ratio, batch = row
+    return f"{method} @ {ratio:g}" + (f" × {batch}" if batches > 1 else "")
+
+
+def timing_note(config: BenchConfig, rows: int, clock: str) -> str:
+    """How the run was timed, for the environment table."""
+    return (
+        f"{config.repeats} interleaved round(s) of {rows} rows, each round in a fresh shuffled order (seed "
+        f"{config.seed}), after {config.warmup} warm-up request(s) per row; TTFT by {clock}, stage boundaries by "
+        "perf_counter (after a CUDA synchronisation on a GPU)"
+    )
+
+
 def run_bench(config: BenchConfig, work: Workload, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Measure every row of :func:`bench_plan` on ``work``; returns one record per row."""
+    """Measure every row of :func:`bench_rows` on ``work`` in interleaved rounds; returns one record per row.
+
+    ``progress(label)`` is called once per step (:func:`bench_steps`): each row's warm-up, then each round.
+    ``work.environment["timing"]`` gets :func:`timing_note`.
+    """
+    config._normalise_batch()
+    rows = bench_rows(config)
     runner = Runner(work, config)
-    records = []
     try:
-        for method, ratio in bench_plan(config):
+        static = []
+        for row in rows:
             if progress is not None:
-                progress(f"{method} @ {ratio:g}")
-            records.append(runner.measure(method, ratio))
+                progress(f"warm-up {_label(row, len(config.batch_sizes))}")
+            static.append(runner.warm(row))
+        runs, positions = run_rounds(rows, runner.timed, config.repeats, config.seed, progress)
+        work.environment["timing"] = timing_note(config, len(rows), runner.span.clock_name)
+        return [runner.record(row, s, r, p) for row, s, r, p in zip(rows, static, runs, positions)]
     finally:
         runner.close()
-    return records
