@@ -1,4 +1,5 @@
-"""Method specs as written on the command line: ``none``, a preset (``fastv``) or ``outer+inner`` (``evs+fastv``)."""
+"""Method specs as written on the command line: ``none``, a preset (``fastv``), ``outer+inner`` (``evs+fastv``), a
+vision policy (``tome``) or a vision stage stacked on either (``tome@0.5>holitom``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,42 @@ from typing import Any
 from tokpress.errors import ConfigError
 from tokpress.registry import get_preset, policy_names
 
+#: default vision ratio of a stacked method (``tome>holitom``): the ratio of a bench/eval row is the LLM's
+VISION_DEFAULT_RATIO = 0.5
+
 
 def parse_method(spec: str) -> dict[str, Any] | None:
     """Keyword arguments of :func:`tokpress.apply` for ``spec`` (``None`` for ``"none"``, the uncompressed model).
 
-    Example: ``parse_method("evs+fastv") -> {"outer": "evs", "inner": "fastv"}``.
+    Grammar: ``[vision[@r]>]method`` where ``method`` is a preset (``fastv``), ``outer+inner`` (``evs+fastv``) or,
+    alone, a vision policy (``tome``: the row's ratio is the vision ratio; the LLM sees every token). In a stacked
+    spec the row's ratio is the LLM side's and the vision stage keeps ``r`` (default
+    :data:`VISION_DEFAULT_RATIO`) of each frame's patches.
+
+    Examples: ``parse_method("evs+fastv") -> {"outer": "evs", "inner": "fastv"}``;
+    ``parse_method("tome@0.25>holitom") -> {"vision": "tome", "vision_ratio": 0.25, "method": "holitom"}``.
     """
+    from tokpress.policies.vision import vision_policy_names
+
     spec = spec.strip()
     if spec in ("", "none"):
         return None
+    if ">" in spec:
+        head, rest = (part.strip() for part in spec.split(">", 1))
+        name, _, ratio = head.partition("@")
+        llm = parse_method(rest)
+        if name not in vision_policy_names() or llm is None or "vision" in llm:
+            raise ConfigError(
+                f"{spec!r}: write vision[@ratio]>method with a vision policy ({', '.join(vision_policy_names())}) "
+                "and an LLM-side method, e.g. tome@0.5>holitom"
+            )
+        try:
+            vision_ratio = float(ratio) if ratio else VISION_DEFAULT_RATIO
+        except ValueError:
+            raise ConfigError(f"{spec!r}: the vision ratio after '@' must be a number, got {ratio!r}") from None
+        return {"vision": name, "vision_ratio": vision_ratio, **llm}
+    if spec in vision_policy_names():
+        return {"vision": spec}
     if "+" in spec:
         outer, inner = (part.strip() for part in spec.split("+", 1))
         if outer not in policy_names("outer") or inner not in policy_names("inner"):

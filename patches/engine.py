@@ -36,6 +36,7 @@ from tokpress.patches.masks import chunk_mask, text_positions
 from tokpress.patches.plans import outer_keep
 from tokpress.patches.session import SESSION_ATTR, Chunk, Segment, Session, has_video_inputs, sequence_index
 from tokpress.patches.vision import VisionAttention
+from tokpress.patches.vision_stage import VisionEncoderStage
 from tokpress.policies.base import VideoSlot
 from tokpress.registry import get_policy
 from tokpress.state import Stats
@@ -58,6 +59,7 @@ class Engine:
         self.record_plans = False  # keep every stage's Plan (with merged features) in ``last.plans``
         self.captures: dict[int, ProjectionCapture] = {}
         self.vision: VisionAttention | None = None
+        self.vision_stage = VisionEncoderStage(adapter, config.vision, self.clock) if config.vision else None
         self.runner = InnerRunner(self)
         self._handles: list = []
         self._generate = None  # the model's generate(), wrapped to refuse assisted decoding
@@ -90,6 +92,8 @@ class Engine:
                 self.captures[s] = cap
         for i in range(min(a.deepstack_layers, a.num_layers)):
             self._handles.append(a.layers[i].register_forward_hook(partial(self._add_deepstack, i)))
+        if self.vision_stage is not None:
+            self.vision_stage.install()
         if self.outer is not None and self.outer.needs_vision_attention:
             self.vision = VisionAttention(a, self.outer.vision_attention)
             self.vision.install()
@@ -102,6 +106,8 @@ class Engine:
         if self.vision is not None:
             self.vision.remove()
             self.vision = None
+        if self.vision_stage is not None:
+            self.vision_stage.remove()
         if self.model.__dict__.get("generate") is self._generate:
             del self.model.generate
         self.chunk = None
@@ -284,6 +290,8 @@ class Engine:
             chunk.stats.video_tokens = layout.video_counts()
             chunk.stats.after_inner = [[] for _ in self.inner]
             chunk.stats.seq_tokens = [[] for _ in range(1 + len(self.inner))]
+            if self.vision_stage is not None:
+                self.vision_stage.report(chunk.stats)
             if session is not None:
                 session.slots = chunk.slots
         if has_video and self.outer is not None:

@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from tokpress.config import build_config
 from tokpress.errors import ConfigError, UnsupportedModelError
-from tokpress.registry import get_adapter_class, get_policy
+from tokpress.registry import adapter_names, get_adapter_class, get_policy
 
 logger = logging.getLogger("tokpress")
 
@@ -48,6 +48,10 @@ def apply(
     inner_layer: int | None = None,
     outer_options: dict[str, Any] | None = None,
     inner_options: dict[str, Any] | None = None,
+    vision: str | None = None,
+    vision_ratio: float | None = None,
+    vision_layer: int | None = None,
+    vision_options: dict[str, Any] | None = None,
     **options: Any,
 ):
     """Compress the video tokens of every later ``model(...)`` / ``model.generate(...)`` call.
@@ -63,6 +67,12 @@ def apply(
         inner_layer: decoder layer K of the inner stage (default: the policy's, FastV's K=2).
         outer_options / inner_options: policy options by stage; plain keyword ``options`` go to whichever
             stage's policy has an option of that name.
+        vision: vision-encoder policy (``"tome"``): merges each frame's patches inside the vision encoder and
+            restores the output grid, so the LLM sees as many video tokens as before (stacks with outer / inner).
+        vision_ratio: fraction of each frame's patches the encoder layers after ``vision_layer`` process (default
+            ``retain_ratio``); ``round(r * N)`` per frame.
+        vision_layer: encoder layer after which the vision stage merges (default: a third of the way in).
+        vision_options: options of the vision policy (``tome``: ``metric="keys"`` or ``"hidden"``).
 
     Returns:
         ``model``, patched in place. Applying again replaces the previous patch; invalid arguments raise a
@@ -71,6 +81,7 @@ def apply(
     Example::
 
         tokpress.apply(model, outer="uniform", inner="fastv", retain_ratio=0.25)
+        tokpress.apply(model, vision="tome", vision_ratio=0.5, outer="holitom", retain_ratio=0.25)
         model.generate(**inputs)
         model.tokpress.last.summary()
     """
@@ -83,19 +94,21 @@ def apply(
     _check_transformers()
     adapter_cls.validate(model)
     adapter = adapter_cls(model)
-    cfg = build_config(
-        method,
-        num_layers=adapter.num_layers,
+    stages = dict(
         outer=outer,
         inner=inner,
         retain_ratio=retain_ratio,
         outer_ratio=outer_ratio,
         inner_ratio=inner_ratio,
-        inner_layer=inner_layer,
         outer_options=outer_options,
         inner_options=inner_options,
-        **options,
+        vision=vision,
+        vision_ratio=vision_ratio,
+        vision_layer=vision_layer,
+        vision_options=vision_options,
+        vision_depth=_vision_depth(adapter) if vision is not None else None,
     )
+    cfg = build_config(method, num_layers=adapter.num_layers, inner_layer=inner_layer, **stages, **options)
     sliding = adapter.sliding_layers()
     if cfg.inner and any(i >= cfg.inner[0].layer for i in sliding):
         raise UnsupportedModelError(
@@ -105,19 +118,7 @@ def apply(
     moved = _default_layer_on_hybrid(adapter, cfg) if inner_layer is None else None
     if moved is not None:  # the policy's default layer has no attention layer before it (Qwen3.5): the next one
         logger.info("tokpress: inner stage moved from layer %d to %d (first with attention scores)", *moved)
-        cfg = build_config(
-            method,
-            num_layers=adapter.num_layers,
-            outer=outer,
-            inner=inner,
-            retain_ratio=retain_ratio,
-            outer_ratio=outer_ratio,
-            inner_ratio=inner_ratio,
-            inner_layer=moved[1],
-            outer_options=outer_options,
-            inner_options=inner_options,
-            **options,
-        )
+        cfg = build_config(method, num_layers=adapter.num_layers, inner_layer=moved[1], **stages, **options)
     _check_score_layers(adapter, cfg)
     engine = Engine(model, adapter, cfg)
     if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
@@ -130,6 +131,26 @@ def apply(
     model.tokpress = engine
     logger.info("tokpress: applied %s", cfg)
     return model
+
+
+def _vision_depth(adapter) -> int:
+    """Encoder layers the vision stage can work in; :class:`UnsupportedModelError` naming the families that have a
+    vision stage when this one has none."""
+    if not hasattr(adapter, "vision_stage_site"):
+        raise UnsupportedModelError(
+            f"the {adapter.family} adapter has no vision stage (vision=); families with one: "
+            f"{', '.join(sorted(_vision_families()))}. "
+            "Drop vision= (outer= / inner= work on this family)"
+        )
+    return adapter.vision_stage_site().depth
+
+
+def _vision_families() -> set[str]:
+    return {
+        get_adapter_class(name).family
+        for name in adapter_names()
+        if hasattr(get_adapter_class(name), "vision_stage_site")
+    }
 
 
 def _default_layer_on_hybrid(adapter, cfg) -> tuple[int, int] | None:

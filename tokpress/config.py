@@ -4,6 +4,10 @@ Budget semantics: a stage's ratio is the fraction of the video tokens *entering 
 With only one stage that is the fraction of the original video tokens (entering the LLM for an outer stage,
 surviving past layer K for an inner one). ``retain_ratio`` is the default of every stage; ``outer_ratio`` and
 ``inner_ratio`` override it per stage, and a preset may fix its own inner ratio (HoliTom halves at layer k).
+
+A *vision* stage (``vision="tome"``) works inside the vision encoder: ``vision_ratio`` (default ``retain_ratio``) is
+the fraction of each frame's patches that the encoder layers after ``vision_layer`` process; the encoder's output
+grid is restored, so the LLM's video token count and the other stages' budgets are unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +42,19 @@ class InnerStage:
 
 
 @dataclass(frozen=True)
+class VisionStage:
+    """Vision-encoder stage: ``policy`` merges each frame's patches to ``round(ratio * N)`` after encoder layer
+    ``layer``; encoder layers ``layer + 1 .. depth - 1`` run on the merged tokens, and the grid is restored at the
+    output of layer ``depth - 1`` (the layer whose output the model uses)."""
+
+    policy: str
+    ratio: float
+    layer: int
+    depth: int
+    options: PolicyConfig
+
+
+@dataclass(frozen=True)
 class TokpressConfig:
     """Everything :func:`tokpress.apply` was asked to do, validated."""
 
@@ -45,6 +62,7 @@ class TokpressConfig:
     outer: OuterStage | None
     inner: tuple[InnerStage, ...]
     num_layers: int
+    vision: VisionStage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly description (for result files)."""
@@ -126,10 +144,19 @@ def build_config(
     inner_layer: int | None = None,
     outer_options: dict[str, Any] | None = None,
     inner_options: dict[str, Any] | None = None,
+    vision: str | None = None,
+    vision_ratio: float | None = None,
+    vision_layer: int | None = None,
+    vision_options: dict[str, Any] | None = None,
+    vision_depth: int | None = None,
     **options: Any,
 ) -> TokpressConfig:
-    """Validate and resolve :func:`tokpress.apply`'s arguments for a decoder of ``num_layers`` layers."""
-    for name, value in (("method", method), ("outer", outer), ("inner", inner)):
+    """Validate and resolve :func:`tokpress.apply`'s arguments for a decoder of ``num_layers`` layers.
+
+    ``vision_depth`` is the number of vision-encoder layers that run before the model reads the encoder's output
+    (given by the adapter; ``None`` when the family has no vision stage).
+    """
+    for name, value in (("method", method), ("outer", outer), ("inner", inner), ("vision", vision)):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{name} must be a policy name (str), got {type(value).__name__}")
     preset = None
@@ -138,11 +165,13 @@ def build_config(
             raise ConfigError(f"pass either a method ({method!r}) or outer=/inner= policies, not both")
         preset = get_preset(method)
         outer, inner = preset.outer, preset.inner
-    if outer is None and inner is None:
+    if outer is None and inner is None and vision is None:
         raise ConfigError(
-            "nothing to do: name a method, e.g. apply(model, 'fastv', retain_ratio=0.25), or outer=/inner= policies"
+            "nothing to do: name a method, e.g. apply(model, 'fastv', retain_ratio=0.25), or outer=/inner=/vision= "
+            "policies"
         )
     retain_ratio = _as_ratio("retain_ratio", retain_ratio)
+    vision_stage = _vision_stage(vision, vision_ratio, retain_ratio, vision_layer, vision_options, vision_depth)
     outer_ratio = _as_ratio("outer_ratio", outer_ratio)
     inner_ratio = _as_ratio("inner_ratio", inner_ratio)
     if outer is None and (outer_ratio is not None or outer_options):
@@ -181,4 +210,43 @@ def build_config(
                 f"[1, {num_layers - 1}] — choose another inner_layer"
             )
         inner_stages = tuple(InnerStage(inner, k, float(r), options_obj) for k, r in schedule)
-    return TokpressConfig(method=method, outer=outer_stage, inner=inner_stages, num_layers=num_layers)
+    return TokpressConfig(
+        method=method, outer=outer_stage, inner=inner_stages, num_layers=num_layers, vision=vision_stage
+    )
+
+
+def _vision_stage(
+    vision: str | None,
+    ratio: Any,
+    retain_ratio: float | None,
+    layer: Any,
+    options: dict[str, Any] | None,
+    depth: int | None,
+) -> VisionStage | None:
+    """The validated vision stage (``None`` without ``vision=``); the merge layer defaults to ``depth // 3``."""
+    from tokpress.policies.vision import get_vision_policy
+
+    if vision is None:
+        if ratio is not None or layer is not None or options:
+            raise ConfigError("vision_ratio/vision_layer/vision_options given but no vision policy; pass vision=...")
+        return None
+    policy_cls = get_vision_policy(vision)
+    ratio = _as_ratio("vision_ratio", ratio)
+    ratio = ratio if ratio is not None else retain_ratio
+    if ratio is None:
+        raise ConfigError("pass vision_ratio= (or retain_ratio=): the fraction of each frame's patches to keep")
+    if depth is None or depth < 2:
+        raise ConfigError(
+            f"the vision stage needs at least 2 encoder layers before the features the model reads, got {depth}"
+        )
+    layer = min(depth // 3, depth - 2) if layer is None else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth - 2:
+        raise ConfigError(
+            f"vision_layer must be an int in [0, {depth - 2}] (a later encoder layer must run on the merged tokens "
+            f"before layer {depth - 1}, whose output the model reads), got {layer!r}"
+        )
+    unknown = set(options or {}) - set(policy_cls.config_cls.field_names())
+    if unknown:
+        valid = ", ".join(policy_cls.config_cls.field_names())
+        raise ConfigError(f"vision policy {vision!r} has no option(s) {sorted(unknown)}; valid options: {valid}")
+    return VisionStage(vision, float(ratio), layer, depth, policy_cls.config_cls(**(options or {})))

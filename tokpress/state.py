@@ -25,6 +25,10 @@ class Stats:
         plans: with ``model.tokpress.record_plans = True``, every stage's :class:`~tokpress.policies.base.Plan`
             (``plans["outer"][sample][video]``, ``plans["inner0"][sample]``), merged features included.
         compression_s: wall time spent in tokpress's hooks (selection and gathers).
+        vision_tokens: with a vision stage, ``[encoder layer]`` tokens per frame each vision-encoder layer processed
+            in the prompt's video encoding (measured at each layer's input; empty without a vision stage).
+        vision_frames: frames the vision encoder encoded for it (all videos of the batch).
+        vision_s: wall time spent in the vision stage's hooks (matching, merging, unmerging).
     """
 
     num_layers: int
@@ -36,6 +40,9 @@ class Stats:
     kept: dict[str, list] = field(default_factory=dict)
     plans: dict[str, list] = field(default_factory=dict)
     compression_s: float = 0.0
+    vision_tokens: list[int] = field(default_factory=list)
+    vision_frames: int = 0
+    vision_s: float = 0.0
 
     def _per_layer(self, per_segment: list[list[int]]) -> list[list[int]]:
         out = []
@@ -65,4 +72,7 @@ class Stats:
             parts = [f"video {n}", f"outer {self.after_outer[b]}"]
             parts += [f"L{layer} {counts[b]}" for layer, counts in zip(self.inner_layers, self.after_inner)]
             lines.append(f"sample {b}: " + " -> ".join(parts))
+        if self.vision_tokens:
+            first, fewest = self.vision_tokens[0], min(self.vision_tokens)
+            lines.append(f"vision encoder: {first} -> {fewest} tokens per frame ({self.vision_frames} frames)")
         return "\n".join(lines)
