@@ -344,7 +344,9 @@ def bench(
         help="A checkpoint (local path or cached hub id); default: the shipped synth model (else a built-in tiny "
         "one) on its own test video.",
     ),
-    arch: str = typer.Option(None, help="A published architecture with random weights (see --list-archs)."),
+    arch: str = typer.Option(
+        None, help="A published architecture or a scaled CPU setting (<name>-cpu), random weights (see --list-archs)."
+    ),
     random_weights: bool = typer.Option(False, "--random-weights", help="Required with --arch (states the fact)."),
     video: str = typer.Option(
         None, help="A video file; default: a generated one. Without --frames/--fps: up to 32 of its frames."
@@ -388,10 +390,11 @@ def bench(
 
     console = _console()
     if list_archs:
-        from tokpress.eval.bench.archs import arch_names
+        from tokpress.eval.bench.archs import arch_label, arch_names
 
+        width = max(map(len, arch_names()))
         for name in arch_names():
-            console.print(name)
+            console.print(f"{name:<{width}}  {arch_label(name)}", highlight=False)
         return
     if arch:
         from tokpress.eval.bench.archs import arch_names

@@ -6,6 +6,13 @@ a ``_source`` key saying where the numbers come from. Nothing is downloaded: the
 :func:`random_weight_model` builds the real ``transformers`` class with random weights, so a benchmark can time a
 7B model's prefill on a GPU without its weights.
 
+*Scaled CPU settings* (``<published name>-cpu``, e.g. ``llava-onevision-7b-cpu``) are not published models: a
+published family's config (same ``model_type``, vision tower kind, patch / merge / pooling, token layout, GQA and
+MLP ratios) with fewer and narrower layers, sized so that a realistic video (>= 32 frames x 196 tokens) runs in
+seconds on a laptop CPU in float32 with the LLM prefill dominating TTFT. Their JSON names the published
+architecture in ``_scaled_from`` and says in ``_source`` what was kept and what was scaled (:func:`scaled_from`,
+:func:`arch_label`).
+
 :func:`model_shape` reads the sizes a FLOPs count needs from a config: the decoder here (:func:`decoder_shape`),
 the vision tower in :mod:`~tokpress.eval.bench.vision_shapes`.
 
@@ -46,6 +53,20 @@ def _arch_dict(name: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"unknown architecture {name!r}; choose one of {arch_names()}")
     return json.loads(path.read_text())
+
+
+def scaled_from(name: str) -> str | None:
+    """The published architecture a scaled CPU setting was derived from (its ``_scaled_from``); ``None`` for a
+    published config."""
+    return _arch_dict(name).get("_scaled_from")
+
+
+def arch_label(name: str) -> str:
+    """What architecture ``name`` is, in one line (for ``--list-archs`` and the bench report)."""
+    base = scaled_from(name)
+    if base is None:
+        return "published config, random weights"
+    return f"scaled CPU setting of {base}, not a published model; random weights"
 
 
 def arch_source(name: str) -> str:
@@ -91,7 +112,7 @@ def smoke_config(name: str, vocab: int = 4096):
     the vision tower's patch, merge and feature-selection settings, and the *kinds* of decoder layers. Cut: the
     decoder to its first attention layer and the layers before it (a hybrid's first period: three Gated-DeltaNet
     layers then full attention), at least 2 layers; the vision tower to 2 blocks (deepstack, where the model has
-    it, at both); the vocabulary to ``vocab`` ids, the special ids moved to its end.
+    it, at both; a tower of 1 block keeps it); the vocabulary to ``vocab`` ids, the special ids moved to its end.
     """
     config = arch_config(name)
     text = _text_config(config)
@@ -104,7 +125,7 @@ def smoke_config(name: str, vocab: int = 4096):
     vision = config.vision_config
     for depth in ("depth", "num_hidden_layers"):
         if hasattr(vision, depth):
-            setattr(vision, depth, 2)
+            setattr(vision, depth, min(2, getattr(vision, depth)))  # a scaled setting may have 1 block
     if getattr(vision, "deepstack_visual_indexes", None):
         vision.deepstack_visual_indexes = [0, 1]
     text.vocab_size = vocab

@@ -205,9 +205,10 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
 
 
 def arch_workload(config: BenchConfig) -> Workload:
-    """A published full-size architecture with random weights and synthetic inputs of the processor's layout."""
-    from tokpress.eval.bench.archs import random_weight_model
-    from tokpress.eval.bench.inputs import synthetic_video_inputs
+    """A published full-size architecture, or a scaled CPU setting of one, with random weights and synthetic inputs
+    of the processor's layout."""
+    from tokpress.eval.bench.archs import arch_label, random_weight_model
+    from tokpress.eval.bench.inputs import QWEN2_FAMILIES, QWEN3_FAMILIES, synthetic_video_inputs, video_token_layout
 
     device, dtype = resolve_device(config)
     model = random_weight_model(config.arch, device, dtype, attn=config.attn).eval()
@@ -217,9 +218,12 @@ def arch_workload(config: BenchConfig) -> Workload:
     size = config.extra.get("size", 448)
     inputs = synthetic_video_inputs(model.config, frames, size, size, batch=config.batch, dtype=dtype, device=device)
     env = environment(model, device, dtype, config.attn)
-    env["model"] = f"{config.arch} (published config, random weights)"
+    env["model"] = f"{config.arch} ({arch_label(config.arch)})"
     n_video = int((inputs["input_ids"][0] == video_placeholder_id(model.config)).sum())
-    env["video"] = f"synthetic: {frames} frames of {size}x{size}, {n_video} video tokens"
+    side = size  # Qwen towers take --size; per-frame towers (LLaVA, InternVL) resize to their own image_size
+    if model.config.model_type not in QWEN2_FAMILIES + QWEN3_FAMILIES:
+        side = video_token_layout(model.config, frames, size, size)["pixels"][-1]
+    env["video"] = f"synthetic: {frames} frames of {side}x{side}, {n_video} video tokens"
     env["frames"] = str(frames)
 
     def show(ids):
