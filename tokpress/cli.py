@@ -383,12 +383,23 @@ def bench(
     size: int = typer.Option(448, help="--arch only: frame side in pixels of the synthetic video."),
     out: str = typer.Option("tokpress-results", help="Output folder (results.json/csv, report.md, PNG plots)."),
     list_archs: bool = typer.Option(False, "--list-archs", help="List the shipped architectures and exit."),
+    overhead: bool = typer.Option(
+        False,
+        "--overhead",
+        help="Instead: time every policy's selection alone (no model) at --shapes, per --ratios, --repeats rounds.",
+    ),
+    shapes: str = typer.Option(
+        "32x14x14x3584,64x16x16x3584", help="With --overhead: frames x height x width x channels, comma-separated."
+    ),
 ) -> None:
     """Compare methods x retain ratios: TTFT by stage, the oracle, FLOPs, memory, decode speed, answers."""
     from tokpress.eval.bench.runner import BenchConfig, bench_steps, run_bench
     from tokpress.eval.methods import check_writable, parse_list
 
     console = _console()
+    if overhead:
+        _overhead(shapes, ratios, repeats, device, dtype, out, console)
+        return
     if list_archs:
         from tokpress.eval.bench.archs import arch_label, arch_names
 
@@ -556,6 +567,35 @@ def eval_command(
         console.print(f"[yellow]{RANDOM_WEIGHTS_NOTE}[/yellow]")
     print_eval_table(records, console, title=f"tokpress eval — {work.name}, {config.benchmark}")
     console.print(f"wrote {', '.join(sorted(p.name for p in paths.values()))} to {out}/")
+
+
+def _overhead(
+    shapes: str, ratios: str, repeats: int, device: str | None, dtype: str | None, out: str, console: Console
+) -> None:
+    """``tokpress bench --overhead``: every policy's selection alone, per shape and ratio (overhead.json/.md)."""
+    import json
+    from pathlib import Path
+
+    from tokpress.errors import TokpressError
+    from tokpress.eval.bench.overhead import overhead_table, parse_shape, run_overhead
+    from tokpress.eval.methods import check_writable, parse_list
+
+    try:
+        parsed = [parse_shape(s) for s in parse_list(shapes)]
+    except TokpressError as exc:
+        raise _flag_error("--shapes", str(exc)) from None
+    ratio_list = _parse_ratios(ratios)
+    check_writable(out)
+    records, tables = [], []
+    for ratio in ratio_list:
+        got = run_overhead(shapes=parsed, ratio=ratio, repeats=repeats, device=device, dtype=dtype)
+        records += got
+        tables.append(f"### retain ratio {ratio:g}\n\n{overhead_table(got)}")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "overhead.json").write_text(json.dumps(records, indent=1))
+    (Path(out) / "overhead.md").write_text("\n\n".join(tables) + "\n")
+    console.print("\n\n".join(tables), highlight=False)
+    console.print(f"wrote overhead.json, overhead.md to {out}/")
 
 
 def _method_line(name: str) -> str:

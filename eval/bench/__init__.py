@@ -2,6 +2,9 @@
 
 - :mod:`~tokpress.eval.bench.runner`: :class:`BenchConfig` and the method × ratio loop.
 - :mod:`~tokpress.eval.bench.measure`: one row: a method applied, its requests timed by stage, its record.
+- :mod:`~tokpress.eval.bench.rounds`: interleaved rounds (seeded shuffled orders), rebatching one prompt's inputs.
+- :mod:`~tokpress.eval.bench.paired`: paired per-round ratios and their bootstrap interval.
+- :mod:`~tokpress.eval.bench.overhead`: each policy's selection alone at real sizes, no model.
 - :mod:`~tokpress.eval.bench.workloads`: what is run (tiny model, shipped model, ``--arch`` at random weights).
 - :mod:`~tokpress.eval.bench.inputs`: processor-shaped inputs for an architecture at a frame count.
 - :mod:`~tokpress.eval.bench.archs`: published architectures (``archs/*.json``), their shapes and random-weight

@@ -19,7 +19,8 @@ def group_mean(
     """
     w = torch.ones(x.shape[0], device=x.device) if weights is None else weights.float()
     total = torch.zeros(num_groups, device=x.device).index_add_(0, groups, w)
-    sums = torch.zeros(num_groups, x.shape[-1], device=x.device).index_add_(0, groups, x.float() * w[:, None])
+    rows = x.float() if weights is None else x.float() * w[:, None]  # x * 1.0 == x exactly: no [N, D] pass
+    sums = torch.zeros(num_groups, x.shape[-1], device=x.device).index_add_(0, groups, rows)
     return sums / total.clamp_min(1e-12)[:, None]
 
 

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import torch
 
 from tokpress.errors import InputError
-from tokpress.ops import cosine_adjacent, group_mean, group_size, topk_sorted
+from tokpress.ops import cosine_pairs, group_mean, group_size, topk_sorted
 from tokpress.policies.base import InnerPolicy, InnerTokens, Plan, PolicyConfig, VideoSlot
 from tokpress.registry import register_policy
 
@@ -138,7 +138,7 @@ class FrameFusionPolicy(InnerPolicy):
         has_prev = prev >= 0
         sim = torch.full((n,), float("-inf"), device=device)
         if bool(has_prev.any()):  # cos(token, predecessor), float32
-            sim[has_prev] = cosine_adjacent(torch.stack([hidden[prev[has_prev]], hidden[has_prev]]))[0]
+            sim[has_prev] = cosine_pairs(hidden, has_prev.nonzero().squeeze(1), prev[has_prev])
         similar = int((sim >= self.config.similarity_threshold).sum())
         num_merge = min(similar, n - budget)
         if num_merge == 0:

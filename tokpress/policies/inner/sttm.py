@@ -108,7 +108,7 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.errors import InputError
-from tokpress.ops import apportion, connected_components, group_mean, group_size
+from tokpress.ops import apportion, connected_components, group_mean, group_size, rows_reduce_alike
 from tokpress.policies.base import Grid, InnerPolicy, InnerTokens, Plan, PolicyConfig, VideoSlot
 from tokpress.registry import register_policy
 
@@ -200,6 +200,22 @@ def _cos(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
     return c.mean(-1) if c.dim() > 1 else c
 
 
+_PAIR_CHUNK = 1024  # pairs gathered at a time by _pair_cos: the gathered rows stay in cache
+
+
+def _pair_cos(units: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[E]`` :func:`_cos` of ``units[a]`` and ``units[b]`` without materialising two ``[E, D]`` gathers.
+
+    The pairs go in near-equal chunks of at most ``_PAIR_CHUNK`` (never one row alone, which a reduction may split
+    across threads); each row's cosine is reduced on its own, so on CPU the values are bit-identical to one call
+    (:func:`~tokpress.ops.rows_reduce_alike`; elsewhere one call)."""
+    e = a.numel()
+    if e <= _PAIR_CHUNK or not rows_reduce_alike(units):
+        return _cos(units[a], units[b])
+    parts = -(-e // _PAIR_CHUNK)
+    return torch.cat([_cos(units[i], units[j]) for i, j in zip(a.tensor_split(parts), b.tensor_split(parts))])
+
+
 def _sums(rows: torch.Tensor, groups: torch.Tensor, num: int) -> torch.Tensor:
     """``[num, D]`` float32 sum of ``rows`` per group. Cosines need no division: a mean is a scaled sum."""
     return torch.zeros(num, rows.shape[-1], device=rows.device).index_add_(0, groups, rows)
@@ -251,7 +267,7 @@ def _ranked_pairs(
     num = units.shape[0]
     key = torch.unique(a * num + b)
     a, b = torch.div(key, num, rounding_mode="floor"), key % num
-    sim = _cos(units[a], units[b])
+    sim = _pair_cos(units, a, b)
     order = torch.sort(sim, descending=True, stable=True).indices
     return a[order], b[order], sim[order]
 
@@ -279,6 +295,7 @@ def quadtree_links(
     grid: Grid,
     root_level: int,
     head_dim: int,
+    weighted: torch.Tensor | None = None,
 ) -> _Links:
     """Build every frame's pyramid over the present tokens and return its links, sorted.
 
@@ -286,6 +303,7 @@ def quadtree_links(
         hidden: ``[n, D]`` the video's tokens in sequence order; ``weights`` ``[n]`` their sizes.
         frame, y, x: ``[n]`` each token's grid coordinates.
         grid: the video's grid; root_level, head_dim: as in :class:`STTMConfig`.
+        weighted: ``[n, D]`` ``hidden * weights`` in float32 when the caller has it (saves one ``[n, D]`` pass).
 
     The loop runs over pyramid levels (about ``log2`` of the grid side).
     """
@@ -293,7 +311,8 @@ def quadtree_links(
     sizes = level_sizes(grid.height, grid.width)
     root = root_index(grid.height, grid.width, root_level)
     reps = torch.arange(n, device=device)  # each level's nodes' first tokens; level 0: the tokens
-    sums = hidden.float() * weights.float()[:, None]  # weighted sums: cosines of sums are cosines of means
+    # weighted sums: cosines of sums are cosines of means
+    sums = hidden.float() * weights.float()[:, None] if weighted is None else weighted
     units = _unit(sums, head_dim)
     levels = []  # per level l >= 1: (parent of each level l-1 node, level l-1 reps, level l reps, s at level l)
     for lvl in range(1, len(sizes)):
@@ -380,7 +399,9 @@ class _Video:
         self.hidden, self.weights, self.config = hidden, weights, config
         self.n = hidden.shape[0]
         self.weighted = hidden.float() * weights.float()[:, None]  # [n, D] float32, summed per cluster
-        self.links = quadtree_links(hidden, weights, frame, y, x, grid, config.root_level, config.head_dim)
+        self.links = quadtree_links(
+            hidden, weights, frame, y, x, grid, config.root_level, config.head_dim, self.weighted
+        )
         self.earlier, self.later = _chains(frame, y, x, grid)
         self._probes: dict[int, _Probe] = {}
 
@@ -551,7 +572,8 @@ class STTMPolicy(InnerPolicy):
             if share == 0:
                 continue  # the budget is smaller than the number of videos: this one is dropped
             members = (where == g).nonzero().squeeze(1)
-            h, w = hidden[members], weights[members]
+            whole = members.numel() == n  # then members == arange(n): skip the [n, D] copy
+            h, w = (hidden, weights) if whole else (hidden[members], weights[members])
             if g < len(videos):
                 slot = videos[g]
                 local = ordinals[members] - slot.offset

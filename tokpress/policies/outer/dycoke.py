@@ -51,10 +51,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tokpress.errors import InputError
-from tokpress.ops import evenly_spaced, topk_sorted
+from tokpress.ops import cosine_pairs, evenly_spaced, topk_sorted
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
 
@@ -127,7 +126,7 @@ def spread_keep(x: torch.Tensor, budget: int, ref: torch.Tensor) -> torch.Tensor
         share[others[evenly_spaced(others.numel(), rest, device)]] += 1
     has_ref = spread_ref >= 0
     score = torch.zeros(frames, per_frame, device=device)  # frame 0: rank positions so that evenly spaced come first
-    score[has_ref] = F.cosine_similarity(x[has_ref].float(), x[spread_ref[has_ref]].float(), dim=-1)
+    score[has_ref] = cosine_pairs(x, has_ref.nonzero().squeeze(1), spread_ref[has_ref])
     order = torch.sort(score, dim=1, stable=True).indices  # least similar first, ties: lower position
     rank = torch.arange(per_frame, device=device)
     chosen = rank[None] < share[:, None]
@@ -158,7 +157,7 @@ def ttm_keep(
     if budget == floor:  # the paper's k = 1: the anchors whole, nothing of the compared frames
         return (anchors[:, None] * per_frame + torch.arange(per_frame, device=device)[None]).flatten()
     # budget > floor implies at least one compared frame
-    sim = F.cosine_similarity(x[compared].float(), x[ref[compared]].float(), dim=-1)  # [C, P]
+    sim = cosine_pairs(x, compared, ref[compared])  # [C, P]
     sorted_sim, order = torch.sort(sim, dim=1, stable=True)  # least similar first, ties: lower position
     q, rem = divmod(budget - floor, compared.numel())
     counts = torch.full((compared.numel(),), q, dtype=torch.long, device=device)

@@ -93,9 +93,10 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from tokpress.errors import InputError
-from tokpress.ops import cosine_adjacent, cosine_matrix, dpc_knn, group_mean, group_size
+from tokpress.ops import cosine_adjacent, cosine_matrix, dpc_knn, group_mean, group_size, primal, rows_reduce_alike
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
 
@@ -278,8 +279,21 @@ def qwen_counts(
     return torch.tensor(salient, device=device), torch.tensor(anchors, device=device)
 
 
+def unit_rows(pool: torch.Tensor) -> torch.Tensor:
+    """``[Q, D]`` float32 unit rows of ``pool`` as :func:`~tokpress.ops.cosine_matrix` normalises them (no tangent).
+
+    Row-wise, so on CPU (:func:`~tokpress.ops.rows_reduce_alike`) ``unit_rows(pool)[i] == unit_rows(pool[i])`` bit
+    for bit: a segment's pool is normalised once and shared by the DTM of all its anchor frames."""
+    return F.normalize(primal(pool).float(), dim=-1)
+
+
 def dtm_merge_excluding(
-    pool: torch.Tensor, anchors: torch.Tensor, beta: float, other_anchor: torch.Tensor, n_frames: int
+    pool: torch.Tensor,
+    anchors: torch.Tensor,
+    beta: float,
+    other_anchor: torch.Tensor,
+    n_frames: int,
+    unit: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Qwen form's DTM: merge the ``pool`` ``[Q, D]`` rows that are not ``anchors`` ``[m]`` into those anchors.
 
@@ -290,6 +304,7 @@ def dtm_merge_excluding(
         other_anchor: ``[Q]`` bool, rows that are anchors of the segment's other anchor frames (they join, but are
             kept tokens of their own, so they add nothing to the sizes).
         n_frames: the segment's anchor frames ``A'``; every other joining row adds ``1 / A'`` to its anchor's size.
+        unit: ``[Q, D]`` :func:`unit_rows` of ``pool`` when already computed (same result, one pass less).
 
     Returns:
         merged features ``[m, D]`` float32 and sizes ``[m]`` float32.
@@ -298,25 +313,34 @@ def dtm_merge_excluding(
     x = pool.float()
     joins = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     joins[anchors] = False
-    assign = cosine_matrix(x[joins], x[anchors]).argmax(-1)
+    if unit is None:
+        assign = cosine_matrix(x[joins], x[anchors]).argmax(-1)
+    else:  # the same, the pool normalised once
+        assign = (unit[joins] @ unit[anchors].T).argmax(-1)
     n = group_size(assign, m)
     w = (1 / (n + 1)).clamp_min(beta)[:, None]  # n = 0: w = 1, the anchor as it is
     merged = w * x[anchors] + (1 - w) * group_mean(x[joins], assign, m)
     return merged, 1 + group_size(assign, m, (~other_anchor[joins]).float() / n_frames)
 
 
-def dtm_merge(pool: torch.Tensor, anchors: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dtm_merge(
+    pool: torch.Tensor, anchors: torch.Tensor, beta: float, unit: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-weighted temporal merge of ``pool`` ``[Q, D]`` into the pool rows ``anchors`` ``[m]``.
 
     Every row joins the anchor it is most cosine-similar to (an anchor joins itself; ties go to the earlier
     anchor); an anchor joined by ``n`` rows becomes ``w x_anchor + (1 - w) mean(joined)``, ``w = max(1/(n+1), beta)``.
+    ``unit``: ``[Q, D]`` :func:`unit_rows` of ``pool`` when already computed (same result, one pass less).
 
     Returns:
         merged features ``[m, D]`` float32 and the counts ``n`` ``[m]`` float32.
     """
     m = anchors.numel()
     x = pool.float()
-    assign = cosine_matrix(x, x[anchors]).argmax(-1)
+    if unit is None:
+        assign = cosine_matrix(x, x[anchors]).argmax(-1)
+    else:  # the same, the pool normalised once
+        assign = (unit @ unit[anchors].T).argmax(-1)
     assign[anchors] = torch.arange(m, device=x.device)
     n = group_size(assign, m)
     w = (1 / (n + 1)).clamp_min(beta)[:, None]
@@ -376,6 +400,9 @@ class FastVIDPolicy(OuterPolicy):
             if absorbing:
                 pool = (~is_salient[start:stop]).flatten().nonzero().squeeze(1) + start * p  # grid indices
                 x_pool = x[pool].float()
+                # normalised once for the segment's anchor frames when there are several (each would normalise it)
+                shared = len(absorbing) > 1 and rows_reduce_alike(x_pool)
+                u_pool = unit_rows(x_pool) if shared else None
                 centers = []
                 for f in absorbing:
                     offset = first_free[f] - first_free[start]  # the frame's first row in `pool`
@@ -388,9 +415,9 @@ class FastVIDPolicy(OuterPolicy):
                     if form == "qwen":
                         other = is_anchor.clone()
                         other[own] = False
-                        merged, size = dtm_merge_excluding(x_pool, own, cfg.beta, other, len(absorbing))
+                        merged, size = dtm_merge_excluding(x_pool, own, cfg.beta, other, len(absorbing), u_pool)
                     else:
-                        merged, joined = dtm_merge(x_pool, own, cfg.beta)
+                        merged, joined = dtm_merge(x_pool, own, cfg.beta, u_pool)
                         size = joined / len(absorbing)
                     keep.append(pool[own])
                     feats.append(merged)
