@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full-size GPU runs of issue 4, for a session that is lent a GPU. From the repository root:
+# The full-size GPU runs (issues 4, 12, 15), for a session that is lent a GPU. From the repository root:
 #   bash eval/scripts/gpu_bench.sh [OUT_DIR]        (default OUT_DIR: eval/results)
 # The GPU machine has torch, transformers and accelerate; tokpress installs without dependencies. typer, rich,
 # matplotlib and av must be importable too: if `python -c "import typer, rich, matplotlib, av"` fails there, carry
@@ -9,9 +9,20 @@ out="${1:-eval/results}"
 python -m pip install -q --no-deps -e .
 python -c "import typer, rich, matplotlib, av" || { echo "missing typer/rich/matplotlib/av: carry wheels"; exit 3; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-common=(--random-weights --device cuda --dtype bf16 --attn sdpa --ratios 0.5,0.25,0.1 --repeats 5 --warmup 2)
-# LLaVA-OneVision-7B, 32 frames x 196 tokens (+1 newline) = 6273 video tokens: HoliTom's setting
-tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --out "$out/gpu-llava-onevision-7b-32f"
+common=(--random-weights --device cuda --dtype bf16 --attn sdpa --ratios 0.5,0.25,0.1 --repeats 7 --warmup 2)
+# LLaVA-OneVision-7B, 32 frames x 196 tokens (+1 newline) = 6273 video tokens: HoliTom's setting; with the vision
+# stage (ToMe inside SigLIP at 0.5, stacked on HoliTom / FastV) for the >= 3x goal of issue 15
+ov_methods=none,uniform,evs,holitom,fastvid,visionzip,vidcom2,fastv,tome,tome@0.5\>holitom,tome@0.25\>holitom
+tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --methods "$ov_methods" \
+    --out "$out/gpu-llava-onevision-7b-32f"
+# the same under batching (token pruning can lose its gain at concurrency >= 4)
+tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --methods none,holitom,evs \
+    --ratios 0.1 --batch 1,4,8 --out "$out/gpu-llava-onevision-7b-32f-batch"
+# flash-attention-2 when installed (the vision stage needs an SDPA/eager vision tower, so it is left out here)
+if python -c "import flash_attn" 2>/dev/null; then
+  tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]/sdpa/flash_attention_2}" \
+      --methods none,uniform,evs,holitom,fastv --out "$out/gpu-llava-onevision-7b-32f-fa2"
+fi
 # Qwen2.5-VL-7B, 64 frames of 448x448 = 32 x 16 x 16 = 8192 video tokens
 tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]}" --out "$out/gpu-qwen2.5-vl-7b-64f"
 # Qwen3-VL-8B, 64 frames of 512x512 = 32 blocks x 16 x 16 = 8192 video tokens (+ 32 timestamps; deepstack) — issue 12
