@@ -47,8 +47,15 @@ CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid"}
 RATIO = 0.25
 # the MoE variants share their dense family's adapter and layout: a merging outer, an inner and a two-stage method
 MOE_METHODS = ("holitom", "fastv", "uniform+fastv", "flashvid")
+# the vision stage (inside the vision encoder, LLaVA-OneVision) stacked on an outer / a two-stage method
+VISION_METHODS = {
+    "tome+uniform": dict(vision="tome", vision_ratio=0.5, outer="uniform"),
+    "tome+holitom": dict(vision="tome", vision_ratio=0.5, method="holitom"),
+}
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
 CASES += [(f, "sdpa", m) for f in tiny.MOE_FAMILIES for m in MOE_METHODS]
+CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS]
+METHODS.update(VISION_METHODS)
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4
 # the random tiny models may sample a placeholder id; a no-cache recompute would then read it as an image/video token
@@ -57,8 +64,11 @@ GEN = dict(max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=[tiny.IMA
 
 def _apply(model, method: str, ratio: float = RATIO):
     kwargs = dict(METHODS[method])
-    if ratio == 1.0 and ("inner" in kwargs or get_preset(kwargs.get("method", method)).inner is not None):
+    preset = kwargs.get("method", None if "vision" in kwargs else method)
+    if ratio == 1.0 and ("inner" in kwargs or (preset is not None and get_preset(preset).inner is not None)):
         kwargs["inner_ratio"] = 1.0
+    if ratio == 1.0 and "vision" in kwargs:
+        kwargs["vision_ratio"] = 1.0
     tokpress.apply(model, retain_ratio=ratio, **kwargs)
     model.tokpress.record_plans = True
     return model
@@ -177,6 +187,8 @@ def _replay(model, last) -> None:
             "ratios": tuple(s.ratio for s in cfg.inner),
         }
         kwargs.update(inner="fixed", retain_ratio=1.0, inner_options=inner_options)
+    if cfg.vision:  # the encoder merges deterministically: the same stage gives the same video features
+        kwargs.update(vision=cfg.vision.policy, vision_ratio=cfg.vision.ratio, vision_layer=cfg.vision.layer)
     tokpress.apply(model, **kwargs)
 
 
