@@ -55,7 +55,6 @@ VISION_METHODS = {
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
 CASES += [(f, "sdpa", m) for f in tiny.MOE_FAMILIES for m in MOE_METHODS]
 CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS]
-METHODS.update(VISION_METHODS)
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4
 # the random tiny models may sample a placeholder id; a no-cache recompute would then read it as an image/video token
@@ -63,7 +62,7 @@ GEN = dict(max_new_tokens=NEW_TOKENS, do_sample=False, suppress_tokens=[tiny.IMA
 
 
 def _apply(model, method: str, ratio: float = RATIO):
-    kwargs = dict(METHODS[method])
+    kwargs = dict(METHODS[method] if method in METHODS else VISION_METHODS[method])
     preset = kwargs.get("method", None if "vision" in kwargs else method)
     if ratio == 1.0 and ("inner" in kwargs or (preset is not None and get_preset(preset).inner is not None)):
         kwargs["inner_ratio"] = 1.0
