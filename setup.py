@@ -11,6 +11,7 @@ setup(
         "tokpress.policies",
         "tokpress.policies.outer",
         "tokpress.policies.inner",
+        "tokpress.policies.vision",
         "tokpress.patches",
         "tokpress.eval",
         "tokpress.eval.accuracy",
