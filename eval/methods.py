@@ -1,5 +1,5 @@
 """Method specs as written on the command line: ``none``, a preset (``fastv``), ``outer+inner`` (``evs+fastv``), a
-vision policy (``tome``) or a vision stage stacked on either (``tome@0.5>holitom``)."""
+vision policy (``tome``, ``rlt``) or a vision stage stacked on either (``tome@0.5>holitom``, ``rlt@0.5>holitom``)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def parse_method(spec: str) -> dict[str, Any] | None:
     """Keyword arguments of :func:`tokpress.apply` for ``spec`` (``None`` for ``"none"``, the uncompressed model).
 
     Grammar: ``[vision[@r]>]method`` where ``method`` is a preset (``fastv``), ``outer+inner`` (``evs+fastv``) or,
-    alone, a vision policy (``tome``: the row's ratio is the vision ratio; the LLM sees every token). In a stacked
-    spec the row's ratio is the LLM side's and the vision stage keeps ``r`` (default
-    :data:`VISION_DEFAULT_RATIO`) of each frame's patches.
+    alone, a vision policy (the row's ratio is the vision ratio; with ``tome`` the LLM sees every token, with ``rlt``
+    the kept ones). In a stacked spec the row's ratio is the LLM side's and the vision stage keeps ``r`` (default
+    :data:`VISION_DEFAULT_RATIO`) of each frame's patches (``tome``) or of each video's patch groups (``rlt``).
 
     Examples: ``parse_method("evs+fastv") -> {"outer": "evs", "inner": "fastv"}``;
     ``parse_method("tome@0.25>holitom") -> {"vision": "tome", "vision_ratio": 0.25, "method": "holitom"}``.

@@ -35,9 +35,11 @@ from tokpress.patches.layout import Layout, gather_seq, pack, shrink
 from tokpress.patches.masks import chunk_mask, text_positions
 from tokpress.patches.plans import outer_keep
 from tokpress.patches.session import SESSION_ATTR, Chunk, Segment, Session, has_video_inputs, sequence_index
-from tokpress.patches.vision import VisionAttention
+from tokpress.patches.vision import VisionAttention, split_per_video
+from tokpress.patches.vision_drop import PatchDropStage, PatchSequenceSite
 from tokpress.patches.vision_stage import VisionEncoderStage
-from tokpress.policies.base import VideoSlot
+from tokpress.policies.base import PolicyConfig, VideoSlot
+from tokpress.policies.vision.kept import VisionKeptPolicy
 from tokpress.registry import get_policy
 from tokpress.state import Stats
 
@@ -59,7 +61,7 @@ class Engine:
         self.record_plans = False  # keep every stage's Plan (with merged features) in ``last.plans``
         self.captures: dict[int, ProjectionCapture] = {}
         self.vision: VisionAttention | None = None
-        self.vision_stage = VisionEncoderStage(adapter, config.vision, self.clock) if config.vision else None
+        self.vision_stage = _vision_stage(adapter, config, self.clock)
         self.runner = InnerRunner(self)
         self._handles: list = []
         self._generate = None  # the model's generate(), wrapped to refuse assisted decoding
@@ -294,10 +296,11 @@ class Engine:
                 self.vision_stage.report(chunk.stats)
             if session is not None:
                 session.slots = chunk.slots
-        if has_video and self.outer is not None:
+        outer, ratio, kept = self._outer_plan(has_video, spans)
+        if has_video and outer is not None:
             attention = self.vision.take(spans, chunk.is_video) if self.vision is not None else None
             keep, replace, plans = outer_keep(
-                self.outer, self.config.outer.ratio, emb, spans, layout, attention, self.adapter.family, deepstack
+                outer, ratio, emb, spans, layout, attention, self.adapter.family, deepstack, kept
             )
             index, filler = pack(keep)
             deepstack = None if deepstack is None else deepstack.select(index, filler)
@@ -333,6 +336,18 @@ class Engine:
                 cap.active = True
         return args, kwargs
 
+    def _outer_plan(self, has_video: bool, spans) -> tuple:
+        """``(policy, ratio, vision_kept)`` of this chunk's outer stage: the outer policy, or with none the kept set
+        of a drop-before-the-encoder vision stage (``None`` policy: no outer stage)."""
+        stage = self.vision_stage
+        follows = has_video and getattr(stage, "passes_kept", False)
+        kept = split_per_video(stage.take_kept(), spans) if follows else None
+        if self.outer is not None:
+            return self.outer, self.config.outer.ratio, kept
+        if kept is None:
+            return None, None, None
+        return VisionKeptPolicy(PolicyConfig()), self.config.vision.ratio, kept
+
     def _logical_layout(self, chunk: Chunk, rope: torch.Tensor | None, mask: torch.Tensor):
         """Layout of the caller's tokens: video ordinals and protected positions, per sample; the videos."""
         is_video = chunk.is_video
@@ -367,3 +382,12 @@ class Engine:
         filler = torch.zeros(batch, q, dtype=torch.bool, device=device)
         size = torch.ones(batch, q, device=device)
         return Layout(src=src, ordinal=ordinal, protected=protected, filler=filler, mask=mask, size=size), spans
+
+
+def _vision_stage(adapter: Adapter, config: TokpressConfig, clock):
+    """The vision stage the adapter's site takes: dropping before a variable-length encoder or merging inside."""
+    if config.vision is None:
+        return None
+    if isinstance(adapter.vision_stage_site(), PatchSequenceSite):
+        return PatchDropStage(adapter, config.vision, clock)
+    return VisionEncoderStage(adapter, config.vision, clock)

@@ -35,6 +35,7 @@ def outer_keep(
     attention: list[list[torch.Tensor | None]] | None = None,
     family: str = "",
     deepstack: Deepstack | None = None,
+    vision_kept: list[list[torch.Tensor]] | None = None,
 ) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]]]:
     """Plan every video of the batch.
 
@@ -47,6 +48,7 @@ def outer_keep(
         attention: per sample and video, the vision-encoder attention ``[N]`` (policies that ask for it).
         family: the adapter's family name, passed on as ``VideoTokens.family``.
         deepstack: the deepstack rows of ``embeds``' positions; merged tokens get merged rows written in.
+        vision_kept: per sample and video, the ``[N]`` bool tokens a drop-before-the-encoder vision stage kept.
 
     Returns:
         per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
@@ -60,10 +62,11 @@ def outer_keep(
             n = span.grid.numel
             k = budget(ratio, n)
             att = attention[b][j] if attention is not None else None
+            kept = vision_kept[b][j] if vision_kept is not None else None
             at = span.index(embeds.device)[:n]
             contiguous = span.positions is None
             feats = embeds[b, span.start : span.start + n] if contiguous else embeds[b, at]
-            video = VideoTokens(feats, span.grid, sample=b, video=j, attention=att, family=family)
+            video = VideoTokens(feats, span.grid, sample=b, video=j, attention=att, family=family, vision_kept=kept)
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             if deepstack is not None and plan.features is not None:
                 if plan.sides is None:

@@ -4,6 +4,10 @@ Video tokens: ``T/2 x H/28 x W/28`` per video (temporal patch 2, 2x2 spatial mer
 ``<|vision_start|>`` and ``<|vision_end|>``. Positions: M-RoPE rows (t, h, w), optionally preceded by a text row
 (the 4-row form ``generate()`` builds). Each video's grid is read from its h and w rows, which works in every
 transformers version (5.23 ``generate()`` no longer passes ``video_grid_thw`` to ``forward``).
+
+Vision stage (``vision="rlt"``): the ViT takes a variable-length patch sequence, so whole 2x2 patch groups (one LLM
+token each) are dropped before its first block (:mod:`tokpress.patches.vision_drop`); the same site serves
+Qwen2.5-VL (window order), Qwen3-VL (deepstack mergers) and Qwen3.5.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 
 from tokpress.patches.attention import rotate_half
 from tokpress.patches.base import Adapter, VideoSpan, runs
+from tokpress.patches.vision_drop import PatchSequenceSite
 from tokpress.policies.base import Grid
 
 
@@ -21,6 +26,9 @@ class Qwen2VLAdapter(Adapter):
 
     def install_vision_capture(self, active, sink, score) -> list:
         return qwen_vision_capture(self, active, sink, score)
+
+    def vision_stage_site(self) -> PatchSequenceSite:
+        return qwen_vision_stage_site(self)
 
     def find_videos(self, is_video: torch.Tensor, rope: torch.Tensor | None) -> list[VideoSpan]:
         spans = runs(is_video)
@@ -58,6 +66,20 @@ def _vision_window_order(visual, grid_thw: torch.Tensor) -> torch.Tensor | None:
     return window_index
 
 
+def qwen_vision_stage_site(adapter: Adapter) -> PatchSequenceSite:
+    """The Qwen ViT as a drop-before-the-encoder site: its blocks, its final merger and any deepstack mergers
+    (Qwen3-VL), 2x2 patch groups per LLM token, Qwen2.5-VL's window order."""
+    visual = adapter.base.visual
+    mergers = (visual.merger, *getattr(visual, "deepstack_merger_list", ()))
+    return PatchSequenceSite(
+        visual=visual,
+        blocks=visual.blocks,
+        mergers=tuple(mergers),
+        unit=visual.spatial_merge_size**2,
+        order=lambda grid: _vision_window_order(visual, grid),
+    )
+
+
 def qwen_vision_capture(adapter: Adapter, active, sink, score) -> list:
     """Hooks on the last vision block: per LLM video token, the attention its 2x2 patches receive within their
     temporal patch (``score``; summed over the 4 merged patches), in the LLM's raster order."""
@@ -86,6 +108,8 @@ def qwen_vision_capture(adapter: Adapter, active, sink, score) -> list:
         )
         scores = score(q, k, groups, attn.scaling)
         merged = scores.view(-1, visual.spatial_merge_size**2).sum(-1)
+        spread = getattr(adapter, "vision_units", None)  # a vision stage ran the blocks on kept units only
+        merged = merged if spread is None else spread(merged)
         order = _vision_window_order(visual, state["grid"])
         sink(merged if order is None else merged[torch.argsort(order.to(merged.device))])
 

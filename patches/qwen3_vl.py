@@ -22,7 +22,8 @@ from collections import deque
 import torch
 
 from tokpress.patches.base import Adapter, VideoSpan, runs
-from tokpress.patches.qwen2_vl import qwen_vision_capture
+from tokpress.patches.qwen2_vl import qwen_vision_capture, qwen_vision_stage_site
+from tokpress.patches.vision_drop import PatchSequenceSite
 from tokpress.policies.base import Grid
 
 #: without per-video token counts, the most text tokens between two blocks of one video (a timestamp
@@ -41,6 +42,10 @@ class Qwen3VLAdapter(Adapter):
 
     def install_vision_capture(self, active, sink, score) -> list:
         return qwen_vision_capture(self, active, sink, score)
+
+    def vision_stage_site(self) -> PatchSequenceSite:
+        """Drop 2x2 patch groups before the ViT (``vision="rlt"``); deepstack features follow the kept groups."""
+        return qwen_vision_stage_site(self)
 
     def video_token_counts(self, kwargs: dict) -> list[int] | None:
         merge = self.model.config.vision_config.spatial_merge_size

@@ -12,12 +12,12 @@ A policy picks with its ``vision_attention`` class attribute.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
 from tokpress.patches.base import Adapter, VideoSpan
+from tokpress.patches.wrapping import unwrap_call, wrap_call
 
 logger = logging.getLogger("tokpress")
 
@@ -84,68 +84,72 @@ class VisionAttention:
         return f"get_{self.adapter.frames_modality}_features"
 
     def install(self) -> None:
-        base = self.adapter.base
-        original = getattr(base, self.encoder_name)
-
-        @functools.wraps(original)
-        def encode_videos(*args, **kwargs):
-            self.active = True
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.active = False
-
-        self._wrapper = encode_videos
-        setattr(base, self.encoder_name, encode_videos)
+        self._wrapper = wrap_call(self.adapter.base, self.encoder_name, self._start, self._end)
         self._handles = self.adapter.install_vision_capture(
             lambda: self.active, lambda t: self.collected.append(t), self.score
         )
+
+    def _start(self) -> None:
+        self.active = True
+
+    def _end(self) -> None:
+        self.active = False
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        base = self.adapter.base
-        if base.__dict__.get(self.encoder_name) is self._wrapper:
-            delattr(base, self.encoder_name)
+        unwrap_call(self.adapter.base, self.encoder_name, self._wrapper)
         self.collected.clear()
 
     def take(
         self, spans: list[list[VideoSpan]], placeholders: torch.Tensor | None = None
     ) -> list[list[torch.Tensor | None]] | None:
-        """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors.
+        """Split what was collected since the last call into ``[sample][video]`` ``[N]`` tensors
+        (:func:`split_per_video`)."""
+        collected, self.collected = self.collected, []
+        return split_per_video(collected, spans, placeholders, self.adapter.frames_modality == "image")
 
-        ``generate()`` with ``num_beams`` / ``num_return_sequences`` k encodes each video once and repeats every
-        sample k times afterwards; the scores are then repeated the same way.
 
-        Args:
-            spans: per sample, its videos.
-            placeholders: ``[B, q]`` placeholder mask of the chunk. Where frames are image tiles
-                (``frames_modality == "image"``) the scores cover every placeholder of the batch, images too, in
-                order; each video's are then read at its positions.
-        """
-        by_position = self.adapter.frames_modality == "image"
-        if by_position:
-            sizes = [[int(n)] for n in placeholders.sum(1).tolist()]
-        else:
-            sizes = [[span.grid.numel for span in found] for found in spans]
-        scores = torch.cat(self.collected) if self.collected else None
-        self.collected.clear()
-        total = sum(map(sum, sizes))
-        got = 0 if scores is None else scores.numel()
-        repeat = total // got if got and total % got == 0 else 0
-        if repeat < 1 or len(sizes) % repeat or sum(map(sum, sizes[::repeat])) != got:
-            logger.warning(
-                "tokpress: vision attention unavailable for this forward (%d values for %d tokens)", got, total
-            )
-            return None
-        base = sizes[::repeat]
-        parts = iter(torch.split(scores, [n for sample in base for n in sample]))
-        per_sample = [[next(parts) for _ in sample] for sample in base]
-        out = [per_sample[b // repeat] for b in range(len(sizes))]
-        if by_position:
-            out = [_at_positions(out[b][0], placeholders[b], found) for b, found in enumerate(spans)]
-        return out
+def split_per_video(
+    collected: list[torch.Tensor],
+    spans: list[list[VideoSpan]],
+    placeholders: torch.Tensor | None = None,
+    by_position: bool = False,
+) -> list[list[torch.Tensor]] | None:
+    """Per-token values of the videos the encoder saw, in encoding order, as ``[sample][video]`` ``[N]`` tensors.
+
+    ``generate()`` with ``num_beams`` / ``num_return_sequences`` k encodes each video once and repeats every
+    sample k times afterwards; the values are then repeated the same way. ``None`` (with a warning) when the
+    values do not cover the batch's videos.
+
+    Args:
+        collected: per encoder call, its tokens' values, concatenated in order.
+        spans: per sample, its videos.
+        placeholders: ``[B, q]`` placeholder mask of the chunk, used with ``by_position``.
+        by_position: the values cover every placeholder of the batch, images too, in order (frames encoded as
+            image tiles, ``frames_modality == "image"``); each video's are then read at its positions.
+    """
+    if by_position:
+        sizes = [[int(n)] for n in placeholders.sum(1).tolist()]
+    else:
+        sizes = [[span.grid.numel for span in found] for found in spans]
+    scores = torch.cat(collected) if collected else None
+    total = sum(map(sum, sizes))
+    got = 0 if scores is None else scores.numel()
+    repeat = total // got if got and total % got == 0 else 0
+    if repeat < 1 or len(sizes) % repeat or sum(map(sum, sizes[::repeat])) != got:
+        logger.warning(
+            "tokpress: vision-encoder values unavailable for this forward (%d values for %d tokens)", got, total
+        )
+        return None
+    base = sizes[::repeat]
+    parts = iter(torch.split(scores, [n for sample in base for n in sample]))
+    per_sample = [[next(parts) for _ in sample] for sample in base]
+    out = [per_sample[b // repeat] for b in range(len(sizes))]
+    if by_position:
+        out = [_at_positions(out[b][0], placeholders[b], found) for b, found in enumerate(spans)]
+    return out
 
 
 def _at_positions(scores: torch.Tensor, placeholders: torch.Tensor, found: list[VideoSpan]) -> list[torch.Tensor]:

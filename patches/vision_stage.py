@@ -18,7 +18,6 @@ merged and every hook returns ``None``: the model computes exactly what it compu
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from torch import nn
 
 from tokpress.config import VisionStage, budget
 from tokpress.errors import InputError
+from tokpress.patches.wrapping import unwrap_call, wrap_call
 from tokpress.policies.vision import get_vision_policy
 from tokpress.policies.vision.merge import proportional_bias, unmerge
 from tokpress.policies.vision.tome import Merged
@@ -76,20 +76,7 @@ class VisionEncoderStage:
     def install(self) -> None:
         site: VisionSite = self.adapter.vision_stage_site()
         k, depth = self.config.layer, self.config.depth
-        base = self.adapter.base
-        original = getattr(base, site.encoder)
-
-        @functools.wraps(original)
-        def encode_videos(*args, **kwargs):
-            self._start()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.active = False
-                self._keys = self._merged = self._bias = None
-
-        self._wrapper = encode_videos
-        setattr(base, site.encoder, encode_videos)
+        self._wrapper = wrap_call(self.adapter.base, site.encoder, self._start, self._end)
         layers = site.layers
         for i, layer in enumerate(layers):
             self._handles.append(layer.register_forward_pre_hook(partial(self._on_layer, i), with_kwargs=True))
@@ -105,8 +92,7 @@ class VisionEncoderStage:
             handle.remove()
         self._handles.clear()
         site: VisionSite = self.adapter.vision_stage_site()
-        if self.adapter.base.__dict__.get(site.encoder) is self._wrapper:
-            delattr(self.adapter.base, site.encoder)
+        unwrap_call(self.adapter.base, site.encoder, self._wrapper)
         if self.adapter.__dict__.get("vision_source") == self.current_source:
             del self.adapter.vision_source
         self.active, self._keys, self._merged, self._bias = False, None, None, None
@@ -115,6 +101,10 @@ class VisionEncoderStage:
     def _start(self) -> None:
         self.active = True
         self.tokens, self.frames, self.seconds = [], 0, 0.0
+        self._keys = self._merged = self._bias = None
+
+    def _end(self) -> None:
+        self.active = False
         self._keys = self._merged = self._bias = None
 
     def current_source(self) -> torch.Tensor | None:

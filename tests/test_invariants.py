@@ -54,7 +54,14 @@ VISION_METHODS = {
 }
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
 CASES += [(f, "sdpa", m) for f in tiny.MOE_FAMILIES for m in MOE_METHODS]
-CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS]
+# the vision stage before the Qwen ViTs (drops repeated patch groups), alone (the LLM follows the kept set) and
+# under a two-stage method (the outer policy chooses from the filled grid)
+VISION_METHODS.update(
+    {"rlt": dict(vision="rlt"), "rlt+holitom": dict(vision="rlt", vision_ratio=0.5, method="holitom")}
+)
+QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
+CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS if m.startswith("tome")]
+CASES += [(f, a, m) for f in QWEN_FAMILIES for a in ATTENTION for m in VISION_METHODS if m.startswith("rlt")]
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4
 # the random tiny models may sample a placeholder id; a no-cache recompute would then read it as an image/video token
@@ -131,7 +138,9 @@ def test_promised_lengths(get_model, family, attn, method):
     grid = _video_grid_tokens(inputs, family)
     out = model.generate(**inputs, **GEN, return_dict_in_generate=True)
     last = model.tokpress.last
-    expect_outer = [budget(cfg.outer.ratio, n) + extra if cfg.outer else n + extra for n in grid]
+    follows = cfg.outer is None and cfg.vision is not None and cfg.vision.where == "before"  # LLM gets the kept set
+    ratio = cfg.outer.ratio if cfg.outer else cfg.vision.ratio if follows else None
+    expect_outer = [budget(ratio, n) + extra if ratio is not None else n + extra for n in grid]
     assert last.video_tokens == [n + extra for n in grid]
     assert last.after_outer == expect_outer
     real = inputs["attention_mask"].sum(1).tolist()

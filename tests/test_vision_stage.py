@@ -271,10 +271,10 @@ def test_batch_of_two_and_a_second_generate(get_model):
 
 
 def test_vision_on_a_family_without_it_fails_before_touching(get_model):
-    model = get_model("qwen2_vl")
+    model = get_model("llava_next_video")
     tokpress.apply(model, outer="uniform", retain_ratio=0.5)
     previous = model.tokpress
-    with pytest.raises(UnsupportedModelError, match="families with one: llava_onevision"):
+    with pytest.raises(UnsupportedModelError, match="families with one: llava_onevision, qwen2_vl, qwen3_5, qwen3_vl"):
         tokpress.apply(model, vision="tome", vision_ratio=0.5)
     assert model.tokpress is previous
 
@@ -283,7 +283,7 @@ def test_vision_on_a_family_without_it_fails_before_touching(get_model):
     "kwargs, message",
     [
         (dict(vision="tome", vision_ratio=0), "vision_ratio must be a number in"),
-        (dict(vision="nope", vision_ratio=0.5), "unknown vision policy 'nope'; choose one of: tome"),
+        (dict(vision="nope", vision_ratio=0.5), "unknown vision policy 'nope'; choose one of: rlt, tome"),
         (dict(vision="tome"), "pass vision_ratio="),
         (dict(vision="tome", vision_ratio=0.5, vision_options={"metrc": "keys"}), "valid options: metric"),
         (dict(vision="tome", vision_ratio=0.5, vision_options={"metric": "values"}), "metric must be one of"),

@@ -67,12 +67,15 @@ def apply(
         inner_layer: decoder layer K of the inner stage (default: the policy's, FastV's K=2).
         outer_options / inner_options: policy options by stage; plain keyword ``options`` go to whichever
             stage's policy has an option of that name.
-        vision: vision-encoder policy (``"tome"``): merges each frame's patches inside the vision encoder and
-            restores the output grid, so the LLM sees as many video tokens as before (stacks with outer / inner).
-        vision_ratio: fraction of each frame's patches the encoder layers after ``vision_layer`` process (default
-            ``retain_ratio``); ``round(r * N)`` per frame.
-        vision_layer: encoder layer after which the vision stage merges (default: a third of the way in).
-        vision_options: options of the vision policy (``tome``: ``metric="keys"`` or ``"hidden"``).
+        vision: vision-encoder policy. ``"tome"`` (LLaVA-OneVision's SigLIP) merges each frame's patches inside the
+            encoder and restores the output grid, so the LLM sees as many video tokens as before. ``"rlt"`` (the Qwen
+            families) drops the LLM tokens' patch groups that repeat the previous temporal patch before the encoder
+            runs; with no outer policy the LLM receives only the kept tokens. Both stack with outer / inner.
+        vision_ratio: ``tome``: fraction of each frame's patches the encoder layers after ``vision_layer`` process;
+            ``rlt``: fraction of each video's LLM tokens the encoder runs on (default ``retain_ratio``).
+        vision_layer: ``tome`` only: encoder layer after which it merges (default: a third of the way in).
+        vision_options: options of the vision policy (``tome``: ``metric="keys"`` or ``"hidden"``; ``rlt``:
+            ``metric="l1"`` or ``"cosine"``).
 
     Returns:
         ``model``, patched in place. Applying again replaces the previous patch; invalid arguments raise a
@@ -81,7 +84,8 @@ def apply(
     Example::
 
         tokpress.apply(model, outer="uniform", inner="fastv", retain_ratio=0.25)
-        tokpress.apply(model, vision="tome", vision_ratio=0.5, outer="holitom", retain_ratio=0.25)
+        tokpress.apply(model, vision="tome", vision_ratio=0.5, outer="holitom", retain_ratio=0.25)  # LLaVA-OV
+        tokpress.apply(model, vision="rlt", vision_ratio=0.25)  # Qwen: encoder and LLM run on a quarter
         model.generate(**inputs)
         model.tokpress.last.summary()
     """
@@ -106,7 +110,7 @@ def apply(
         vision_ratio=vision_ratio,
         vision_layer=vision_layer,
         vision_options=vision_options,
-        vision_depth=_vision_depth(adapter) if vision is not None else None,
+        **(_vision_site_facts(adapter) if vision is not None else {}),
     )
     cfg = build_config(method, num_layers=adapter.num_layers, inner_layer=inner_layer, **stages, **options)
     sliding = adapter.sliding_layers()
@@ -133,16 +137,18 @@ def apply(
     return model
 
 
-def _vision_depth(adapter) -> int:
-    """Encoder layers the vision stage can work in; :class:`UnsupportedModelError` naming the families that have a
-    vision stage when this one has none."""
+def _vision_site_facts(adapter) -> dict[str, Any]:
+    """``vision_depth`` (encoder layers the vision stage can work in) and ``vision_where`` (``"inside"`` or
+    ``"before"`` the encoder); :class:`UnsupportedModelError` naming the families that have a vision stage when this
+    one has none."""
     if not hasattr(adapter, "vision_stage_site"):
         raise UnsupportedModelError(
             f"the {adapter.family} adapter has no vision stage (vision=); families with one: "
             f"{', '.join(sorted(_vision_families()))}. "
             "Drop vision= (outer= / inner= work on this family)"
         )
-    return adapter.vision_stage_site().depth
+    site = adapter.vision_stage_site()
+    return {"vision_depth": site.depth, "vision_where": getattr(site, "where", "inside")}
 
 
 def _vision_families() -> set[str]:

@@ -5,9 +5,12 @@ With only one stage that is the fraction of the original video tokens (entering 
 surviving past layer K for an inner one). ``retain_ratio`` is the default of every stage; ``outer_ratio`` and
 ``inner_ratio`` override it per stage, and a preset may fix its own inner ratio (HoliTom halves at layer k).
 
-A *vision* stage (``vision="tome"``) works inside the vision encoder: ``vision_ratio`` (default ``retain_ratio``) is
-the fraction of each frame's patches that the encoder layers after ``vision_layer`` process; the encoder's output
-grid is restored, so the LLM's video token count and the other stages' budgets are unchanged.
+A *vision* stage works inside or before the vision encoder; ``vision_ratio`` defaults to ``retain_ratio``.
+``vision="tome"`` (SigLIP) merges inside: the ratio is the fraction of each frame's patches that the encoder layers
+after ``vision_layer`` process; the encoder's output grid is restored, so the LLM's video token count and the other
+stages' budgets are unchanged. ``vision="rlt"`` (Qwen ViTs) drops before: the ratio is the fraction of each video's
+LLM tokens whose patches the encoder runs on; with no outer policy the LLM receives exactly those tokens, with one
+the outer policy chooses from the whole grid (the dropped tokens carry the features of the tokens they repeat).
 """
 
 from __future__ import annotations
@@ -43,15 +46,20 @@ class InnerStage:
 
 @dataclass(frozen=True)
 class VisionStage:
-    """Vision-encoder stage: ``policy`` merges each frame's patches to ``round(ratio * N)`` after encoder layer
+    """Vision-encoder stage.
+
+    ``where == "inside"``: ``policy`` merges each frame's patches to ``round(ratio * N)`` after encoder layer
     ``layer``; encoder layers ``layer + 1 .. depth - 1`` run on the merged tokens, and the grid is restored at the
-    output of layer ``depth - 1`` (the layer whose output the model uses)."""
+    output of layer ``depth - 1`` (the layer whose output the model uses). ``where == "before"``: ``policy`` keeps
+    ``round(ratio * U)`` of each video's ``U`` LLM-token patch groups before layer 0 (``layer`` is ``None``).
+    """
 
     policy: str
     ratio: float
-    layer: int
+    layer: int | None
     depth: int
     options: PolicyConfig
+    where: str = "inside"
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class TokpressConfig:
     def kept_fraction(self, layer: int) -> float:
         """Nominal fraction of the original video tokens present at decoder ``layer``."""
         frac = self.outer.ratio if self.outer else 1.0
+        if self.outer is None and self.vision is not None and self.vision.where == "before":
+            frac = self.vision.ratio  # the LLM receives the kept set
         for stage in self.inner:
             if layer >= stage.layer:
                 frac *= stage.ratio
@@ -149,12 +159,14 @@ def build_config(
     vision_layer: int | None = None,
     vision_options: dict[str, Any] | None = None,
     vision_depth: int | None = None,
+    vision_where: str = "inside",
     **options: Any,
 ) -> TokpressConfig:
     """Validate and resolve :func:`tokpress.apply`'s arguments for a decoder of ``num_layers`` layers.
 
     ``vision_depth`` is the number of vision-encoder layers that run before the model reads the encoder's output
-    (given by the adapter; ``None`` when the family has no vision stage).
+    and ``vision_where`` the kind of vision stage the family offers (``"inside"`` or ``"before"`` the encoder), both
+    given by the adapter (``vision_depth`` is ``None`` when the family has no vision stage).
     """
     for name, value in (("method", method), ("outer", outer), ("inner", inner), ("vision", vision)):
         if value is not None and not isinstance(value, str):
@@ -171,7 +183,9 @@ def build_config(
             "policies"
         )
     retain_ratio = _as_ratio("retain_ratio", retain_ratio)
-    vision_stage = _vision_stage(vision, vision_ratio, retain_ratio, vision_layer, vision_options, vision_depth)
+    vision_stage = _vision_stage(
+        vision, vision_ratio, retain_ratio, vision_layer, vision_options, vision_depth, vision_where
+    )
     outer_ratio = _as_ratio("outer_ratio", outer_ratio)
     inner_ratio = _as_ratio("inner_ratio", inner_ratio)
     if outer is None and (outer_ratio is not None or outer_options):
@@ -222,19 +236,35 @@ def _vision_stage(
     layer: Any,
     options: dict[str, Any] | None,
     depth: int | None,
+    where: str = "inside",
 ) -> VisionStage | None:
     """The validated vision stage (``None`` without ``vision=``); the merge layer defaults to ``depth // 3``."""
-    from tokpress.policies.vision import get_vision_policy
+    from tokpress.policies.vision import get_vision_policy, vision_policies_at
 
     if vision is None:
         if ratio is not None or layer is not None or options:
             raise ConfigError("vision_ratio/vision_layer/vision_options given but no vision policy; pass vision=...")
         return None
     policy_cls = get_vision_policy(vision)
+    if policy_cls.where != where:
+        raise ConfigError(
+            f"vision policy {vision!r} works {policy_cls.where} the vision encoder, but this family's vision stage "
+            f"works {where} it; use vision= one of {vision_policies_at(where)}"
+        )
     ratio = _as_ratio("vision_ratio", ratio)
     ratio = ratio if ratio is not None else retain_ratio
     if ratio is None:
         raise ConfigError("pass vision_ratio= (or retain_ratio=): the fraction of each frame's patches to keep")
+    unknown = set(options or {}) - set(policy_cls.config_cls.field_names())
+    if unknown:
+        valid = ", ".join(policy_cls.config_cls.field_names())
+        raise ConfigError(f"vision policy {vision!r} has no option(s) {sorted(unknown)}; valid options: {valid}")
+    if where == "before":
+        if layer is not None:
+            raise ConfigError(
+                f"vision policy {vision!r} drops patches before the encoder's first layer; drop vision_layer="
+            )
+        return VisionStage(vision, float(ratio), None, depth or 0, policy_cls.config_cls(**(options or {})), where)
     if depth is None or depth < 2:
         raise ConfigError(
             f"the vision stage needs at least 2 encoder layers before the features the model reads, got {depth}"
@@ -245,8 +275,4 @@ def _vision_stage(
             f"vision_layer must be an int in [0, {depth - 2}] (a later encoder layer must run on the merged tokens "
             f"before layer {depth - 1}, whose output the model reads), got {layer!r}"
         )
-    unknown = set(options or {}) - set(policy_cls.config_cls.field_names())
-    if unknown:
-        valid = ", ".join(policy_cls.config_cls.field_names())
-        raise ConfigError(f"vision policy {vision!r} has no option(s) {sorted(unknown)}; valid options: {valid}")
     return VisionStage(vision, float(ratio), layer, depth, policy_cls.config_cls(**(options or {})))

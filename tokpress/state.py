@@ -27,8 +27,11 @@ class Stats:
         compression_s: wall time spent in tokpress's hooks (selection and gathers).
         vision_tokens: with a vision stage, ``[encoder layer]`` tokens per frame each vision-encoder layer processed
             in the prompt's video encoding (measured at each layer's input; empty without a vision stage).
-        vision_frames: frames the vision encoder encoded for it (all videos of the batch).
-        vision_s: wall time spent in the vision stage's hooks (matching, merging, unmerging).
+        vision_patches: with a vision stage that drops patches before the encoder (``rlt``), ``[encoder layer]``
+            patch rows each layer processed in the prompt's video encoding, all frames together (empty otherwise).
+        vision_patches_in: with such a stage, the patch rows of the prompt's videos before the drop.
+        vision_frames: frames (temporal patches on Qwen) the vision encoder encoded for it (all videos of the batch).
+        vision_s: wall time spent in the vision stage's hooks (matching, merging, unmerging, gathering).
     """
 
     num_layers: int
@@ -41,6 +44,8 @@ class Stats:
     plans: dict[str, list] = field(default_factory=dict)
     compression_s: float = 0.0
     vision_tokens: list[int] = field(default_factory=list)
+    vision_patches: list[int] = field(default_factory=list)
+    vision_patches_in: int = 0
     vision_frames: int = 0
     vision_s: float = 0.0
 
@@ -75,4 +80,9 @@ class Stats:
         if self.vision_tokens:
             first, fewest = self.vision_tokens[0], min(self.vision_tokens)
             lines.append(f"vision encoder: {first} -> {fewest} tokens per frame ({self.vision_frames} frames)")
+        if self.vision_patches:
+            lines.append(
+                f"vision encoder: {self.vision_patches_in} -> {min(self.vision_patches)} patches "
+                f"({self.vision_frames} temporal patches)"
+            )
         return "\n".join(lines)

@@ -58,6 +58,8 @@ class VideoTokens:
             the token), float32; given only to policies with ``needs_vision_attention``.
         family: the model family's adapter name (``"qwen2_vl"``, ``"llava_onevision"``, ...; ``""`` when unknown),
             for methods whose authors ship a different form per family (FastVID).
+        vision_kept: ``[N]`` bool, the tokens whose patches a drop-before-the-encoder vision stage (``rlt``) ran
+            the encoder on (the others carry a copy of the token they repeat); ``None`` without such a stage.
     """
 
     features: torch.Tensor
@@ -66,6 +68,7 @@ class VideoTokens:
     video: int = 0
     attention: torch.Tensor | None = None
     family: str = ""
+    vision_kept: torch.Tensor | None = None
 
 
 @dataclass

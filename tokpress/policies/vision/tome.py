@@ -62,6 +62,8 @@ class ToMeVision:
 
     name = "tome"
     config_cls = ToMeVisionConfig
+    #: runs inside the encoder, after one of its layers
+    where = "inside"
 
     def __init__(self, config: ToMeVisionConfig) -> None:
         self.config = config
