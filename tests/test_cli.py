@@ -283,6 +283,16 @@ def test_methods_describes_every_method_in_one_line():
         assert "\n" not in line and len(line.split()) >= 5
 
 
+def test_methods_lists_the_vision_policies():
+    from tokpress.policies.vision import vision_policy_names
+
+    result = invoke(["methods"])
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 4}
+    assert set(rows) == set(vision_policy_names()) == set(cli.VISION_LINES)
+    for name, (where, line) in cli.VISION_LINES.items():
+        assert where in rows[name] and line in rows[name]
+
+
 def test_method_line_fallback_for_registered_presets(monkeypatch):
     """A preset added at run time (no METHOD_LINES entry) shows its description, on one line."""
     monkeypatch.delitem(cli.METHOD_LINES, "dycoke")

@@ -95,6 +95,20 @@ METHOD_LINES: dict[str, str] = {
     "Yang et al., CVPR 2025",
 }
 
+#: one line per vision-stage policy (``vision=``), shown by ``tokpress methods`` under the methods
+VISION_LINES: dict[str, tuple[str, str]] = {
+    "rlt": (
+        "before the encoder · Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5",
+        "drops the 2x2 patch groups that changed least since the previous temporal patch; the ViT (and, alone, "
+        "the LLM) runs on the rest · Choudhury et al., NeurIPS 2024 (RLT), training-free",
+    ),
+    "tome": (
+        "inside the encoder · LLaVA-OneVision (SigLIP)",
+        "merges each frame's patches by bipartite matching after layer k, restores the grid for the LLM · "
+        "Bolya et al., ICLR 2023 (ToMe)",
+    ),
+}
+
 _state = {"debug": False}
 
 
@@ -618,6 +632,7 @@ def _method_line(name: str) -> str:
 def methods() -> None:
     """List the methods (presets): the stage(s) they act in and what each does, one line each."""
     import tokpress
+    from tokpress.policies.vision import vision_policy_names
     from tokpress.registry import get_preset
 
     table = Table(title="tokpress methods (outer: before the LLM; inner: inside it)")
@@ -627,6 +642,13 @@ def methods() -> None:
         p = get_preset(name)
         table.add_row(name, p.outer or "—", p.inner or "—", _method_line(name))
     _console().print(table)
+    vision = Table(title="vision-stage policies (vision=..., or vision@r>method on the command line)")
+    for col in ("vision", "where · families", "what it does"):
+        vision.add_column(col)
+    for name in vision_policy_names():
+        where, line = VISION_LINES.get(name, ("—", "—"))
+        vision.add_row(name, where, line)
+    _console().print(vision)
 
 
 @app.command()
