@@ -70,6 +70,8 @@ class Adapter:
     #: ``mm_encoder_outputs["video"]``) or ``"image"`` (InternVL: frames are image tiles in ``pixel_values``, encoded
     #: by ``get_image_features`` with the images, so vision scores cover every placeholder of the batch)
     frames_modality: ClassVar[str] = "video"
+    #: the base model's attribute holding the vision encoder (``visual`` on Qwen, ``vision_tower`` elsewhere)
+    vision_encoder_attr: ClassVar[str] = "vision_tower"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -95,6 +97,11 @@ class Adapter:
                 f"attention implementation {attn!r} is not supported; load with attn_implementation= one of "
                 f"{SUPPORTED_ATTENTION}"
             )
+
+    @property
+    def vision_encoder(self) -> nn.Module:
+        """The vision encoder (the module whose forward encodes the frames; timed as the vision stage)."""
+        return getattr(self.base, self.vision_encoder_attr)
 
     @property
     def deepstack_layers(self) -> int:

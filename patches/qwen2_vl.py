@@ -23,6 +23,7 @@ from tokpress.policies.base import Grid
 class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     rope_rows = 3
+    vision_encoder_attr = "visual"
 
     def install_vision_capture(self, active, sink, score) -> list:
         return qwen_vision_capture(self, active, sink, score)

@@ -34,6 +34,7 @@ MAX_GAP = 16
 class Qwen3VLAdapter(Adapter):
     family = "qwen3_vl"
     rope_rows = 3
+    vision_encoder_attr = "visual"
     wants_video_counts = True
 
     @property

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tokpress
+from conftest import batch_inputs
 from tokpress.errors import ConfigError, InputError, TokpressError, UnsupportedModelError
 from tokpress.eval.tiny import families as tiny
 
@@ -160,3 +161,22 @@ def test_vision_attention_policy_on_a_family_without_it_fails_before_touching(ge
         tokpress.apply(model, outer="visionzip", retain_ratio=0.5)
     assert _hooks(model) == hooks and not hasattr(model, "tokpress")
     assert "get_video_features" not in model.model.__dict__
+
+
+@pytest.mark.parametrize("family", tiny.ALL_FAMILIES)
+def test_vision_encoder_is_the_module_that_encodes_the_frames(get_model, family):
+    model = get_model(family)
+    encoder = tokpress.vision_encoder(model)
+    calls = []
+    handle = encoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        model(**batch_inputs(family))
+    finally:
+        handle.remove()
+    assert calls  # the forward ran the module tokpress times as "vision"
+    assert encoder is getattr(model.model, "visual", None) or encoder is model.model.vision_tower
+
+
+def test_vision_encoder_refuses_other_models():
+    with pytest.raises(tokpress.UnsupportedModelError):
+        tokpress.vision_encoder(torch.nn.Linear(2, 2))

@@ -7,7 +7,7 @@ model.tokpress.last                                  # what happened
 tokpress.remove(model)                               # exact restore
 """
 
-from tokpress.api import apply, compressed, remove
+from tokpress.api import apply, compressed, remove, vision_encoder
 from tokpress.errors import ConfigError, InputError, TokpressError, UnsupportedModelError
 from tokpress.registry import adapter_names, policy_names, preset_names, register_policy, register_preset
 
@@ -25,4 +25,5 @@ __all__ = [
     "register_policy",
     "register_preset",
     "remove",
+    "vision_encoder",
 ]

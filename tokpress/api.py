@@ -185,6 +185,15 @@ def _check_score_layers(adapter, cfg) -> None:
         )
 
 
+def vision_encoder(model) -> Any:
+    """The vision encoder of a supported model (``model.model.visual`` on Qwen, ``.vision_tower`` elsewhere), as its
+    family's adapter names it; :class:`UnsupportedModelError` for other models."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        raise UnsupportedModelError(f"{type(model).__name__} is not a transformers model (it has no config)")
+    return get_adapter_class(config.model_type)(model).vision_encoder
+
+
 def remove(model):
     """Remove tokpress's hooks and state; the model computes exactly as before :func:`apply`. No-op if unpatched."""
     engine = _engine(model)
@@ -214,4 +223,4 @@ def compressed(model, method: str | None = None, **kwargs: Any) -> Iterator[Any]
             model.tokpress = previous
 
 
-__all__ = ["apply", "remove", "compressed", "ConfigError"]
+__all__ = ["apply", "remove", "compressed", "vision_encoder", "ConfigError"]

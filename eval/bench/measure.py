@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 import tokpress
+from tokpress.api import vision_encoder
 from tokpress.eval.bench.inputs import video_placeholder_id
 from tokpress.eval.bench.rounds import rebatch
 from tokpress.eval.bench.timing import Clock, RequestSpan, StageTimer
@@ -65,11 +66,6 @@ def _peak_megabytes(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def _vision_module(model) -> torch.nn.Module:
-    base = model.model
-    return getattr(base, "visual", None) or base.vision_tower
-
-
 class Runner:
     """Measures one workload under a sequence of rows; owns the stage hooks, the TTFT span and the oracle indices.
 
@@ -85,7 +81,7 @@ class Runner:
         self.span = RequestSpan(self.clock)
         self._span_hook = self.span.attach(work.model)  # ahead of the stage timer's synchronising hook
         lm = work.model.model.language_model
-        self.timer = StageTimer(self.clock, {"vision": _vision_module(work.model), "lm": lm, "top": work.model})
+        self.timer = StageTimer(self.clock, {"vision": vision_encoder(work.model), "lm": lm, "top": work.model})
         self.text_config = lm.config
         self.references: dict[int, torch.Tensor] = {}  # batch -> the uncompressed answer
         self._oracle_keep: dict[float, list] = {}  # ratio -> kept["outer"][0] of the uniform pre-pass

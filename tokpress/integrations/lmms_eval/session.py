@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import tokpress
+from tokpress.api import vision_encoder
 from tokpress.config import build_config
 from tokpress.errors import ConfigError, UnsupportedModelError
 
@@ -136,12 +137,6 @@ def check_args(args: TokpressArgs, pretrained: str, families: tuple[str, ...], m
         )
 
 
-def vision_module(model: nn.Module) -> nn.Module | None:
-    """The vision encoder of a ``*ForConditionalGeneration`` (``model.visual`` or ``model.vision_tower``)."""
-    base = getattr(model, "model", model)
-    return getattr(base, "visual", None) or getattr(base, "vision_tower", None)
-
-
 def _now(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -226,10 +221,9 @@ class PromptRecorder:
         self._seen = self.model.tokpress.last
         self._handles.append(self.model.register_forward_pre_hook(self._pre, with_kwargs=True))
         self._handles.append(self.model.register_forward_hook(self._post, with_kwargs=True))
-        vision = vision_module(self.model)
-        if vision is not None:
-            self._handles.append(vision.register_forward_pre_hook(self._vision_pre))
-            self._handles.append(vision.register_forward_hook(self._vision_post))
+        vision = vision_encoder(self.model)
+        self._handles.append(vision.register_forward_pre_hook(self._vision_pre))
+        self._handles.append(vision.register_forward_hook(self._vision_post))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -272,4 +266,4 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-__all__ = ["TokpressArgs", "split_args", "check_args", "PromptRecorder", "summarize", "vision_module"]
+__all__ = ["TokpressArgs", "split_args", "check_args", "PromptRecorder", "summarize"]
