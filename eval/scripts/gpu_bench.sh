@@ -18,12 +18,18 @@ tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" -
 # the same under batching (token pruning can lose its gain at concurrency >= 4)
 tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --methods none,holitom,evs \
     --ratios 0.1 --batch 1,4,8 --out "$out/gpu-llava-onevision-7b-32f-batch"
-# flash-attention-2 when installed (the vision stage needs an SDPA/eager vision tower, so it is left out here)
+# flash-attention-2 when installed (tome needs an SDPA/eager vision tower, so it is left out here; rlt runs the
+# Qwen ViT's varlen flash path with re-counted cu_seqlens / max_seqlen)
 if python -c "import flash_attn" 2>/dev/null; then
   tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]/sdpa/flash_attention_2}" \
       --methods none,uniform,evs,holitom,fastv --out "$out/gpu-llava-onevision-7b-32f-fa2"
+  tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]/sdpa/flash_attention_2}" \
+      --methods none,evs,holitom,rlt,rlt@0.5\>holitom --out "$out/gpu-qwen2.5-vl-7b-64f-fa2"
 fi
-# Qwen2.5-VL-7B, 64 frames of 448x448 = 32 x 16 x 16 = 8192 video tokens
-tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]}" --out "$out/gpu-qwen2.5-vl-7b-64f"
+# Qwen2.5-VL-7B, 64 frames of 448x448 = 32 x 16 x 16 = 8192 video tokens; with the vision stage before the ViT
+# (rlt alone: encoder and LLM on the kept patch groups; stacked on EVS / HoliTom)
+qwen_methods=none,uniform,evs,holitom,fastvid,visionzip,vidcom2,fastv,rlt,rlt@0.5\>evs,rlt@0.5\>holitom
+tokpress bench --arch qwen2.5-vl-7b --frames 64 --size 448 "${common[@]}" --methods "$qwen_methods" \
+    --out "$out/gpu-qwen2.5-vl-7b-64f"
 # Qwen3-VL-8B, 64 frames of 512x512 = 32 blocks x 16 x 16 = 8192 video tokens (+ 32 timestamps; deepstack) — issue 12
 tokpress bench --arch qwen3-vl-8b --frames 64 --size 512 "${common[@]}" --out "$out/gpu-qwen3-vl-8b-64f"
