@@ -89,7 +89,7 @@ class Engine:
         for s, policy in enumerate(self.inner):
             if policy.needs_attention:
                 attn = a.layers[a.score_layer(self.stage_layers[s])].self_attn
-                cap = ProjectionCapture(attn, all_queries=policy.attention_queries == "question")
+                cap = ProjectionCapture(attn, all_queries=policy.attention_queries in ("question", "projections"))
                 self._handles += cap.install()
                 self.captures[s] = cap
         for i in range(min(a.deepstack_layers, a.num_layers)):

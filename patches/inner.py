@@ -24,7 +24,7 @@ from tokpress.patches.deepstack import merged_side_features
 from tokpress.patches.layout import gather_seq, pack, shrink
 from tokpress.patches.plans import check_plan
 from tokpress.patches.session import Chunk, Segment
-from tokpress.policies.base import InnerTokens
+from tokpress.policies.base import InnerTokens, Projections
 
 if TYPE_CHECKING:
     from tokpress.patches.engine import Engine
@@ -107,8 +107,10 @@ class InnerRunner:
     def _prune(self, stage, layer, hidden, chunk, kwargs, past):
         engine, layout = self.engine, chunk.layout
         policy, ratio = engine.inner[stage], engine.config.inner[stage].ratio
-        scores = None
-        if policy.needs_attention:
+        scores = projections = None
+        if policy.needs_attention and policy.attention_queries == "projections":
+            projections = self.projections(stage, chunk, kwargs, past)
+        elif policy.needs_attention:
             source = self.score_layout(stage, chunk)
             scores = self.scores(stage, chunk, kwargs, past)[:, -source.mask.shape[1] :]
             scores = self.to_layout(scores, source, layout)
@@ -129,6 +131,7 @@ class InnerRunner:
                     b,
                     videos=chunk.slots[b] if chunk.slots else (),
                     sizes=layout.size[b, cand],
+                    projections=None if projections is None else projections(b, cand),
                 )
                 plan = check_plan(policy.plan(tokens, k), k, n, f"inner policy {policy.name!r} at layer {layer}")
                 if deepstack is not None and plan.features is not None:
@@ -213,9 +216,9 @@ class InnerRunner:
         prev = self.engine.adapter.score_layer(self.engine.stage_layers[stage])
         return chunk.layouts.get(self.stage_of(prev) + 1, chunk.layout)
 
-    def scores(self, stage: int, chunk: Chunk, kwargs, past) -> torch.Tensor:
-        """``[B, S]`` attention at the score layer (K-1, or the last attention layer before K) over every key it
-        sees (the cached past, then this chunk's tokens as :meth:`score_layout` lays them out)."""
+    def _score_inputs(self, stage: int, chunk: Chunk, kwargs, past):
+        """The score layer's rotated keys ``[B, KV, S, d]`` (cached past first), their mask ``[B, S]``, the past
+        length, the layout of the chunk's tokens it saw and that layout's rotary tables."""
         engine = self.engine
         cap = engine.captures[stage]
         if cap.q is None or cap.k is None:
@@ -236,10 +239,45 @@ class InnerRunner:
             cached = past.layers[prev].keys[:, :, :past_len].to(keys.device)
             keys = torch.cat([cached.to(keys.dtype), keys], 2)
             key_mask = torch.cat([seg.mask[:, :past_len].bool().to(key_mask.device), key_mask], 1)
+        return cap, keys, key_mask, past_len, layout, cos, sin
+
+    def scores(self, stage: int, chunk: Chunk, kwargs, past) -> torch.Tensor:
+        """``[B, S]`` attention at the score layer (K-1, or the last attention layer before K) over every key it
+        sees (the cached past, then this chunk's tokens as :meth:`score_layout` lays them out)."""
+        cap, keys, key_mask, past_len, layout, cos, sin = self._score_inputs(stage, chunk, kwargs, past)
         if not cap.all_queries:
             q = apply_rope(cap.q.transpose(1, 2), cos[:, -1:], sin[:, -1:])[:, :, 0]
             return last_query_attention(q.to(keys.device), keys, key_mask, cap.scaling)
         return self._question_scores(cap, layout, cos, sin, keys, key_mask, past_len)
+
+    def projections(self, stage: int, chunk: Chunk, kwargs, past):
+        """``projections(b, cand)`` -> the :class:`Projections` of sample ``b`` whose candidates are the tokens at
+        ``cand`` (positions in the chunk's current layout)."""
+        cap, keys, key_mask, past_len, layout, cos, sin = self._score_inputs(stage, chunk, kwargs, past)
+        q_all = apply_rope(cap.q.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, L, H, d]
+        question = layout.after_last_video()
+        real = layout.mask.bool() & ~layout.filler
+        where = self._positions_in(layout, chunk.layout)
+
+        def of(b: int, cand: torch.Tensor) -> Projections:
+            rows = real[b].nonzero().squeeze(1)
+            return Projections(
+                queries=q_all[b, rows],
+                query_index=rows + past_len,
+                question=question[b, rows],
+                keys=keys[b],
+                key_valid=key_mask[b],
+                candidates=where[b, cand] + past_len,
+                scaling=cap.scaling,
+            )
+
+        return of
+
+    @staticmethod
+    def _positions_in(source, target) -> torch.Tensor:
+        """``[B, L_t]``: for every token of layout ``target``, its position in layout ``source`` (which holds it)."""
+        at = torch.arange(source.src.shape[1], device=source.src.device).expand_as(source.src)
+        return InnerRunner.to_layout(at, source, target)
 
     @staticmethod
     def to_layout(scores: torch.Tensor, source, target) -> torch.Tensor:
@@ -258,14 +296,11 @@ class InnerRunner:
     def _question_scores(cap, layout, cos, sin, keys, key_mask, past_len) -> torch.Tensor:
         """Max attention of each sample's question (real text after its last video token) over the keys."""
         q_all = apply_rope(cap.q.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, L, H, d]
-        is_video = layout.ordinal >= 0
-        positions = torch.arange(is_video.shape[1], device=is_video.device)
-        last_video = torch.where(is_video, positions, -1).amax(1)
-        question = (positions[None] > last_video[:, None]) & layout.mask.bool() & (last_video[:, None] >= 0)
+        question = layout.after_last_video()
         picks = [row.nonzero().squeeze(1) for row in question]
         width = max(1, max(p.numel() for p in picks))
-        index = torch.zeros(len(picks), width, dtype=torch.long, device=is_video.device)
-        valid = torch.zeros(len(picks), width, dtype=torch.bool, device=is_video.device)
+        index = torch.zeros(len(picks), width, dtype=torch.long, device=question.device)
+        valid = torch.zeros(len(picks), width, dtype=torch.bool, device=question.device)
         for b, p in enumerate(picks):
             index[b, : p.numel()], valid[b, : p.numel()] = p, True
         queries = gather_seq(q_all, index)

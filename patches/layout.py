@@ -91,6 +91,14 @@ class Layout:
     def video_counts(self) -> list[int]:
         return ((self.ordinal >= 0) & ~self.filler).sum(1).tolist()
 
+    def after_last_video(self) -> torch.Tensor:
+        """``[B, L]`` each sample's real tokens after its last video token (its question, in chat layouts); all
+        False for a sample without video."""
+        is_video = self.ordinal >= 0
+        positions = torch.arange(is_video.shape[1], device=is_video.device)
+        last_video = torch.where(is_video, positions, -1).amax(1)
+        return (positions[None] > last_video[:, None]) & self.mask.bool() & (last_video[:, None] >= 0)
+
     def real_counts(self) -> list[int]:
         return self.mask.sum(1).tolist()
 

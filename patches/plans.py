@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from tokpress.config import budget
@@ -50,11 +52,14 @@ def outer_keep(
         deepstack: the deepstack rows of ``embeds``' positions; merged tokens get merged rows written in.
         vision_kept: per sample and video, the ``[N]`` bool tokens a drop-before-the-encoder vision stage kept.
 
+    Policies with ``needs_question`` get each sample's text after its last video (``VideoTokens.question``).
+
     Returns:
         per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
         ``[sample][video]``.
     """
     keep, replace, plans = [], [], []
+    questions = question_embeddings(embeds, layout) if policy.needs_question else None
     for b, found in enumerate(spans):
         alive = ~layout.filler[b]
         plans_b = []
@@ -67,12 +72,11 @@ def outer_keep(
             contiguous = span.positions is None
             feats = embeds[b, span.start : span.start + n] if contiguous else embeds[b, at]
             video = VideoTokens(feats, span.grid, sample=b, video=j, attention=att, family=family, vision_kept=kept)
+            video.question = None if questions is None else questions[b]
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             if deepstack is not None and plan.features is not None:
                 if plan.sides is None:
-                    replan = lambda f, g=span.grid, b=b, j=j, a=att, k=k: policy.plan(  # noqa: E731
-                        VideoTokens(f, g, sample=b, video=j, attention=a, family=family), k
-                    )
+                    replan = lambda f, v=video, k=k: policy.plan(dataclasses.replace(v, features=f), k)  # noqa: E731
                     plan.sides = merged_side_features(replan, feats, plan, deepstack.rows_of(b, at))
                 deepstack.write(b, at[plan.keep], plan.sides)
             alive[at] = False
@@ -83,3 +87,9 @@ def outer_keep(
         keep.append(alive.nonzero().squeeze(1))
         plans.append(plans_b)
     return keep, replace, plans
+
+
+def question_embeddings(embeds: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    """Per sample, the ``[q, D]`` rows of ``embeds`` at its real tokens after its last video token."""
+    after = layout.after_last_video().to(embeds.device)
+    return [embeds[b, after[b]] for b in range(embeds.shape[0])]

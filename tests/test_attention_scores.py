@@ -109,3 +109,60 @@ def test_scores_under_sdpa_match_eager_reference(family):
     for (name, a), (_, b) in zip(eager.state_dict().items(), sdpa.state_dict().items()):
         assert torch.equal(a, b), name  # same weights: only the attention implementation differs
     check_against_reference(family, 2, recorded_scores(family, "sdpa", 2))
+
+
+PROJ_NAME = "record_projections_test"
+
+
+class RecordProjections(InnerPolicy):
+    """Keeps the first tokens, recording the attention map it computes from ``InnerTokens.projections``."""
+
+    needs_attention = True
+    attention_queries = "projections"
+    records: list = []
+
+    def plan(self, tokens: InnerTokens, budget: int) -> Plan:
+        p = tokens.projections
+        heads, kv = p.queries.shape[1], p.keys.shape[0]
+        keys = p.keys.float().repeat_interleave(heads // kv, dim=0)  # [H, S, d]
+        logits = torch.einsum("qhd,hsd->hqs", p.queries.float(), keys) * p.scaling
+        allowed = p.key_valid[None] & (torch.arange(keys.shape[1])[None] <= p.query_index[:, None])
+        probs = logits.masked_fill(~allowed[None], float("-inf")).softmax(-1).mean(0)  # [Q, S]
+        RecordProjections.records.append((tokens.sample, probs[:, p.candidates], p.query_index - p.query_index[0], p))
+        return Plan(torch.arange(budget))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision", "qwen3_5", "internvl"])
+def test_projections_give_the_eager_attention_map(family):
+    """Every real query's attention over the candidates, computed by a policy from the projections the engine hands
+    it (SDPA model), equals the eager model's attention probabilities; the question rows are the text after the
+    video."""
+    if PROJ_NAME not in tokpress.policy_names("inner"):
+        register_policy(PROJ_NAME, stage="inner")(RecordProjections)
+    try:
+        model = tiny_model(family, attn="sdpa", seed=0)
+        tokpress.apply(model, inner=PROJ_NAME, inner_layer=2, retain_ratio=0.5)
+        inputs = make_inputs(family, prompts=PROMPTS)
+        RecordProjections.records.clear()
+        with torch.no_grad():
+            model(**inputs)
+        records = sorted(RecordProjections.records, key=lambda r: r[0])
+    finally:
+        registry._POLICIES.pop(("inner", PROJ_NAME), None)
+    _, attentions = reference(family)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    config = tiny_config(family).get_text_config()
+    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    attention_layers = [i for i, t in enumerate(types) if t != "linear_attention"]
+    probs = attentions[attention_layers.index(max(i for i in attention_layers if i < 2))].double().mean(1)
+    placeholder = video_placeholder_id(tiny_config(family))
+    assert [r[0] for r in records] == [0, 1]
+    for b, got, offsets, p in records:
+        real = mask[b].nonzero().squeeze(1)
+        video = (ids[b] == placeholder).nonzero().squeeze(1)
+        n = video.numel() - (1 if family == "llava_onevision" else 0)
+        assert got.shape == (real.numel(), n)
+        want = probs[b][real][:, video[:n]]
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+        assert torch.equal(offsets, real - real[0])
+        assert p.question.tolist() == (real > video.max()).tolist()

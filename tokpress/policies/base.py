@@ -60,6 +60,8 @@ class VideoTokens:
             for methods whose authors ship a different form per family (FastVID).
         vision_kept: ``[N]`` bool, the tokens whose patches a drop-before-the-encoder vision stage (``rlt``) ran
             the encoder on (the others carry a copy of the token they repeat); ``None`` without such a stage.
+        question: ``[q, D]`` the LLM-input embeddings of the sample's text after its last video (the question, in
+            the chat layouts), given only to policies with ``needs_question`` (``q`` may be 0).
     """
 
     features: torch.Tensor
@@ -69,6 +71,33 @@ class VideoTokens:
     attention: torch.Tensor | None = None
     family: str = ""
     vision_kept: torch.Tensor | None = None
+    question: torch.Tensor | None = None
+
+
+@dataclass
+class Projections:
+    """One sample's rotated query / key projections at the score layer (layer ``K - 1``, or the last attention
+    layer before K), for inner policies that compute their own attention function (``attention_queries ==
+    "projections"``: SparseVLM's raters, AIM's PageRank). Nothing is switched to eager attention: these are the
+    projections the layer computes anyway.
+
+    Attributes:
+        queries: ``[Q, H, d]`` the queries of the sample's real tokens in this chunk, in sequence order.
+        query_index: ``[Q]`` long, the key index of each query's own position (it may attend to keys ``<=`` it).
+        question: ``[Q]`` bool, True for the text queries after the sample's last video token.
+        keys: ``[KV, S, d]`` every key the layer attends to (cached past first); ``H`` is a multiple of ``KV``.
+        key_valid: ``[S]`` bool, False at padding.
+        candidates: ``[n]`` long, the key index of each candidate token (``InnerTokens.hidden``'s rows).
+        scaling: the layer's softmax scale.
+    """
+
+    queries: torch.Tensor
+    query_index: torch.Tensor
+    question: torch.Tensor
+    keys: torch.Tensor
+    key_valid: torch.Tensor
+    candidates: torch.Tensor
+    scaling: float
 
 
 @dataclass
@@ -88,6 +117,7 @@ class InnerTokens:
             (decode-time policies only; empty otherwise).
         sizes: ``[n]`` float32 number of original tokens each token stands for after earlier merges (1 for a
             token nothing was merged into); merging policies weight their means by it.
+        projections: the score layer's queries and keys (policies with ``attention_queries == "projections"``).
     """
 
     hidden: torch.Tensor
@@ -98,6 +128,7 @@ class InnerTokens:
     videos: tuple[VideoSlot, ...] = ()
     memory: dict = field(default_factory=dict)
     sizes: torch.Tensor | None = None
+    projections: Projections | None = None
 
 
 @dataclass
@@ -148,6 +179,8 @@ class OuterPolicy(ABC):
     needs_vision_attention: ClassVar[bool] = False
     #: ``"mean_query"`` (softmax of the mean query; FastVID) or ``"full"`` (the attention map averaged over queries)
     vision_attention: ClassVar[str] = "mean_query"
+    #: ask the engine for ``VideoTokens.question`` (the text after the sample's last video, embedded)
+    needs_question: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
@@ -164,7 +197,9 @@ class InnerPolicy(ABC):
     config_cls: ClassVar[type[PolicyConfig]] = PolicyConfig
     #: ask the engine for ``InnerTokens.attention`` computed from layer K-1's projections
     needs_attention: ClassVar[bool] = False
-    #: which queries' attention: ``"last"`` (the last token) or ``"question"`` (text after the last video)
+    #: which queries' attention: ``"last"`` (the last token) or ``"question"`` (text after the last video) as
+    #: ``InnerTokens.attention``; or ``"projections"``: no reduction, ``InnerTokens.projections`` carries the score
+    #: layer's queries and keys for the policy's own attention function (prefill only)
     attention_queries: ClassVar[str] = "last"
     #: also cut the KV cache of layers < K down to the kept set (PruneVid); layers < K then store fewer tokens
     prune_earlier_kv: ClassVar[bool] = False
