@@ -30,6 +30,7 @@ METHODS = {
     "fastvid": dict(outer="fastvid"),
     "vidcom2": dict(outer="vidcom2"),
     "scissor": dict(outer="scissor"),
+    "framebudget": dict(outer="framebudget", fill="evs"),
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
     "framefusion": dict(inner="framefusion"),

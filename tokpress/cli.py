@@ -77,6 +77,8 @@ METHOD_LINES: dict[str, str] = {
     "Shen et al., NeurIPS 2025",
     "fixed": "replays index lists given up front (Python only: outer_options={'keep': ...}; not from the CLI)",
     "flashvid": "segments, selects by attention + diversity, tree-merges; at layer 20 keeps the top 30 % · ICLR 2026",
+    "framebudget": "gives each frame tokens by its similarity to the question, then fills them with another "
+    "policy (fill=uniform) · after QuoTA, AAAI 2026",
     "framefusion": "merges tokens like the previous frame's in shallow layers, then prunes by attention · "
     "Fu et al., ICCV 2025",
     "frames": "baseline: keeps evenly spaced whole frames",

@@ -18,6 +18,7 @@ from tokpress.policies.outer import (  # noqa: F401
     evs,
     fastvid,
     flashvid,
+    framebudget,
     frames,
     holitom,
     prunevid,

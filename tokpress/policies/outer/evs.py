@@ -26,6 +26,10 @@ def evs_scores(frames: torch.Tensor) -> torch.Tensor:
 
 @register_policy("evs", stage="outer")
 class EVSPolicy(OuterPolicy):
-    def plan(self, video: VideoTokens, budget: int) -> Plan:
+    def token_scores(self, video: VideoTokens) -> torch.Tensor:
+        """``[N]`` the scores EVS ranks by (``framebudget`` keeps each frame's top ones)."""
         g = video.grid
-        return Plan(topk_sorted(evs_scores(video.features.view(g.frames, g.per_frame, -1)), budget))
+        return evs_scores(video.features.view(g.frames, g.per_frame, -1))
+
+    def plan(self, video: VideoTokens, budget: int) -> Plan:
+        return Plan(topk_sorted(self.token_scores(video), budget))
