@@ -297,6 +297,8 @@ class Engine:
             if session is not None:
                 session.slots = chunk.slots
         outer, ratio, kept = self._outer_plan(has_video, spans)
+        if kept is not None:
+            chunk.stats.kept["vision"] = [[m.nonzero().squeeze(1).tolist() for m in videos] for videos in kept]
         if has_video and outer is not None:
             attention = self.vision.take(spans, chunk.is_video) if self.vision is not None else None
             keep, replace, plans = outer_keep(

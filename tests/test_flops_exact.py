@@ -467,3 +467,57 @@ def test_qwen3_vl_8b_vision_of_a_16_frame_448px_video():
     # attention 2 * 2 * 1152 * 27 * 8 * 784^2 = 0.61 T; 4 mergers (1 + 3 deepstack) on 1568 tokens:
     # 2 * 4 * 1568 * (4608^2 + 4608*4096) = 0.50 T; patch embed 2 * 6272 * 1536 * 1152 = 0.02 T -> about 6.3 T
     assert 6.2e12 < fe.vision_flops(config, grid) < 6.4e12
+
+
+@pytest.mark.parametrize(
+    "family, spec",
+    [
+        ("qwen2_vl", tiny.VideoSpec(frames=8, height=56, width=84)),
+        ("qwen2_5_vl", tiny.VideoSpec(frames=8, height=140, width=84)),  # partial windows, uneven kept counts
+    ],
+)
+def test_vision_count_under_rlt_equals_torch_flop_counter(family, spec):
+    """With ``vision="rlt"`` the encoder runs on the kept patch groups: the count from the kept mask equals what
+    FlopCounterMode measures on the vision encoder's call (SDPA segments, so each segment's square only)."""
+    import tokpress
+
+    model = tiny.tiny_model(family, attn="eager")
+    inputs = tiny.make_inputs(family, video=spec)
+    grid = tuple(inputs["video_grid_thw"][0].tolist())
+    tokpress.apply(model, vision="rlt", vision_ratio=0.4)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        (kept,) = model.tokpress.vision_stage.take_kept()
+    finally:
+        tokpress.remove(model)
+    t, h, w = grid
+    mask = kept.view(t, h // 2, w // 2)
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert counter.get_total_flops() == fe.vision_flops(model.config, grid, kept=mask)
+    assert fe.vision_flops(model.config, grid, kept=mask) < fe.vision_flops(model.config, grid)
+
+
+def test_vision_count_under_tome_equals_torch_flop_counter():
+    import tokpress
+
+    model = tiny.tiny_model("llava_onevision", attn="eager")
+    inputs = tiny.make_inputs("llava_onevision", video=tiny.VideoSpec(frames=4))
+    grid = fe.input_video_grid(model.config, inputs)
+    tokpress.apply(model, vision="tome", vision_ratio=0.5, vision_layer=0)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(**inputs)
+        layers = model.tokpress.last.vision_tokens
+    finally:
+        tokpress.remove(model)
+    with torch.no_grad(), FlopCounterMode(display=False) as full:
+        model(**inputs)
+    assert layers == [64] + [32] * (len(layers) - 1)  # 8 x 8 patches per frame, merged to 32 after layer 0
+    saved = fe.vision_flops(model.config, grid) - fe.vision_flops(model.config, grid, layer_tokens=layers)
+    assert saved > 0
+    # the bipartite matching itself: one round, 32 A-keys against 32 B-keys of head_dim per frame (selection
+    # overhead, which tokpress counts apart from the encoder)
+    vision = model.config.vision_config
+    matching = 2 * grid[0] * 32 * 32 * (vision.hidden_size // vision.num_attention_heads)
+    assert full.get_total_flops() - counter.get_total_flops() == saved - matching

@@ -21,7 +21,8 @@ class Stats:
         seq_tokens: ``[segment][sample]`` sequence tokens (text + video) entering the decoder (segment 0) and past
             each inner stage.
         kept: the selection of each stage, replayable with the ``fixed`` policy: ``kept["outer"][sample][video]``
-            are grid indices, ``kept["inner0"][sample]`` ordinals among the sample's video tokens.
+            are grid indices, ``kept["inner0"][sample]`` ordinals among the sample's video tokens;
+            ``kept["vision"][sample][video]`` the grid indices whose patches a ``vision="rlt"`` stage encoded.
         plans: with ``model.tokpress.record_plans = True``, every stage's :class:`~tokpress.policies.base.Plan`
             (``plans["outer"][sample][video]``, ``plans["inner0"][sample]``), merged features included.
         compression_s: wall time spent in tokpress's hooks (selection and gathers).

@@ -185,19 +185,27 @@ def video_tokens(config, grid: Grid) -> int:
     return t * h * w // (s["merge"] ** 2)
 
 
-def vision_flops(config, grids: Grid | Sequence[Grid]) -> float:
+def vision_flops(
+    config, grids: Grid | Sequence[Grid], *, kept: Any = None, layer_tokens: Sequence[int] | None = None
+) -> float:
     """FLOPs of the vision encoder and projector on one or more videos, given their patch grids ``(t, h, w)``.
 
     Args:
         config: a ``transformers`` config or a ``model_shape`` dict.
         grids: one grid or a list of grids (a ``video_grid_thw`` tensor works too); see :func:`patch_grid`.
+        kept: with one grid, the ``[t, h / merge, w / merge]`` bool patch groups a ``vision="rlt"`` stage ran the
+            Qwen ViT on (``None``: all).
+        layer_tokens: with one grid, the tokens per frame each SigLIP layer processed under ``vision="tome"``
+            (``model.tokpress.last.vision_tokens``; ``None``: all).
     """
     s = _shape(config)
     if hasattr(grids, "tolist"):
         grids = grids.tolist()
     if len(grids) and not hasattr(grids[0], "__len__"):  # a single (t, h, w)
         grids = [grids]
-    return 2.0 * sum(tower_macs(s, grid) for grid in grids)
+    if (kept is not None or layer_tokens is not None) and len(grids) != 1:
+        raise ConfigError("vision_flops: kept= / layer_tokens= describe one video; pass one grid")
+    return 2.0 * sum(tower_macs(s, grid, kept, layer_tokens) for grid in grids)
 
 
 def input_video_grid(config, inputs: Mapping[str, Any], sample: int = 0) -> tuple[int, int, int]:
@@ -232,6 +240,8 @@ def exact_prefill_flops(
     overhead: float = 0.0,
     causal: bool = True,
     logits_to_keep: int = 1,
+    vision_kept: Any = None,
+    vision_layer_tokens: Sequence[int] | None = None,
 ) -> PrefillFlops:
     """Exact FLOPs of one prefill: decoder (+ ``lm_head``), vision encoder and the caller's selection overhead.
 
@@ -247,10 +257,13 @@ def exact_prefill_flops(
         causal: count the causal lower triangle of the decoder attention (default; what FlashAttention executes)
             or the full square (eager / masked SDPA).
         logits_to_keep: ``lm_head`` positions, 1 as in ``generate()``; 0 for all.
+        vision_kept, vision_layer_tokens: what a vision stage let the encoder run on (see :func:`vision_flops`).
     """
     s = _shape(config)
     layers, lm_head = llm_prefill_flops(s, tokens_per_layer, causal=causal, logits_to_keep=logits_to_keep)
-    vision = vision_flops(s, video_grid) if video_grid is not None else 0.0
+    vision = 0.0
+    if video_grid is not None:
+        vision = vision_flops(s, video_grid, kept=vision_kept, layer_tokens=vision_layer_tokens)
     return PrefillFlops(
         llm=sum(layers) + lm_head,
         vision=vision,

@@ -159,40 +159,55 @@ def _window_sides(side: int, window: int) -> list[int]:
     return [window] * (side // window) + ([side % window] if side % window else [])
 
 
-def _qwen_vision_macs(s: Mapping[str, Any], grid: Grid) -> int:
+def _qwen_vision_macs(s: Mapping[str, Any], grid: Grid, kept: Any = None) -> int:
+    """Qwen ViT MACs; ``kept`` (``[t, h / merge, w / merge]`` bool, the LLM-token patch groups a ``vision="rlt"``
+    stage ran the blocks on) counts the blocks, their attention segments and the mergers over the kept groups only
+    (the patch embedding still sees every patch)."""
     t, h, w = (int(x) for x in grid)
     width, merge = s["vision_width"], s["merge"]
-    patches = t * h * w
+    unit = merge * merge
+    if kept is None:
+        kept = [[[True] * (w // merge) for _ in range(h // merge)] for _ in range(t)]
+    else:
+        kept = kept.tolist() if hasattr(kept, "tolist") else kept
+    per_frame = [sum(map(sum, frame)) * unit for frame in kept]  # kept patches per temporal patch
+    patches = sum(per_frame)
     per_token_block = 4 * width * width + (3 if s["vision_mlp"] == "gated" else 2) * width * s["vision_intermediate"]
-    full_pairs = t * (h * w) ** 2
+    full_pairs = sum(n * n for n in per_frame)
     if s["window_size"]:
         window = s["window_size"] // merge // s["patch"]
-        rows, cols = _window_sides(h // merge, window), _window_sides(w // merge, window)
-        window_pairs = t * sum((r * c * merge * merge) ** 2 for r in rows for c in cols)
+        window_pairs = sum(
+            (sum(sum(row[c : c + window]) for row in frame[r : r + window]) * unit) ** 2
+            for frame in kept
+            for r in range(0, h // merge, window)
+            for c in range(0, w // merge, window)
+        )
     else:
         window_pairs = full_pairs
     full_blocks = len(set(s["fullatt_blocks"]) & set(range(s["vision_depth"])))
     attn = 2 * width * (full_blocks * full_pairs + (s["vision_depth"] - full_blocks) * window_pairs)
-    embed = patches * 3 * s["temporal_patch"] * s["patch"] ** 2 * width
-    merged = patches // (merge * merge)
+    embed = t * h * w * 3 * s["temporal_patch"] * s["patch"] ** 2 * width
+    merged = patches // unit
     mergers = 1 + s.get("deepstack_mergers", 0)
     merger = mergers * merged * (s["merger_width"] ** 2 + s["merger_width"] * s["out_hidden"])
     return embed + s["vision_depth"] * patches * per_token_block + attn + merger
 
 
-def _encoder_macs(s: Mapping[str, Any], tokens: int) -> int:
-    """A plain ViT encoder on one frame of ``tokens`` tokens: 4 attention linears, 2-matrix MLP, full attention."""
+def _encoder_macs(s: Mapping[str, Any], tokens: int, layer_tokens: Sequence[int] | None = None) -> int:
+    """A plain ViT encoder on one frame of ``tokens`` tokens: 4 attention linears, 2-matrix MLP, full attention;
+    ``layer_tokens``: the tokens each layer processes instead (a ``vision="tome"`` stage merges inside)."""
     width = s["vision_width"]
     per_token_layer = 4 * width * width + 2 * width * s["vision_intermediate"]
-    return s["vision_depth"] * (tokens * per_token_layer + 2 * width * tokens * tokens)
+    counts = list(layer_tokens) if layer_tokens is not None else [tokens] * s["vision_depth"]
+    return sum(n * per_token_layer + 2 * width * n * n for n in counts)
 
 
-def _siglip_vision_macs(s: Mapping[str, Any], grid: Grid) -> int:
+def _siglip_vision_macs(s: Mapping[str, Any], grid: Grid, layer_tokens: Sequence[int] | None = None) -> int:
     frames, h, w = (int(x) for x in grid)
     width, p = s["vision_width"], h * w
     per_frame = (
         p * 3 * s["patch"] ** 2 * width  # Conv2d patch embedding
-        + _encoder_macs(s, p)
+        + _encoder_macs(s, p, layer_tokens)
         + p * (width * s["hidden"] + s["hidden"] * s["hidden"])  # projector, before pooling
     )
     if s.get("vision_head"):  # attention-pooling head: one probe query; k, v over all patches; MLP on one token
@@ -215,6 +230,15 @@ def _cls_vit_macs(s: Mapping[str, Any], grid: Grid) -> int:
 _VISION_MACS = {"siglip": _siglip_vision_macs, "internvit": _cls_vit_macs, "clip": _cls_vit_macs}
 
 
-def tower_macs(s: Mapping[str, Any], grid: Grid) -> int:
-    """MACs of the vision tower and its merger / projector on one video of patch grid ``grid`` ``(t, h, w)``."""
-    return _VISION_MACS.get(s["vision_kind"], _qwen_vision_macs)(s, grid)
+def tower_macs(s: Mapping[str, Any], grid: Grid, kept: Any = None, layer_tokens: Sequence[int] | None = None) -> int:
+    """MACs of the vision tower and its merger / projector on one video of patch grid ``grid`` ``(t, h, w)``.
+
+    A vision stage changes what runs: ``kept`` (Qwen, ``rlt``) the ``[t, h / merge, w / merge]`` patch groups the
+    blocks ran on; ``layer_tokens`` (SigLIP, ``tome``) the tokens per frame each encoder layer processed.
+    """
+    kind = s["vision_kind"]
+    if kind == "siglip":
+        return _siglip_vision_macs(s, grid, layer_tokens)
+    if kind in _VISION_MACS:
+        return _VISION_MACS[kind](s, grid)
+    return _qwen_vision_macs(s, grid, kept)

@@ -202,7 +202,7 @@ class Runner:
             "tokens_per_layer": per_layer,
             "decode_tokens_per_s": speed,
             "flops_fastv": self._fastv_flops(per_layer),
-            "flops_exact": self._exact_flops(per_layer, inputs),
+            "flops_exact": self._exact_flops(per_layer, inputs, last),
             "answer": self.work.decode(answer)[:80],
             "same_answer": None if reference is None else self._same_answer(answer, reference),
         }
@@ -247,11 +247,24 @@ class Runner:
 
         return fastv_prefill_flops(self.work.model.config, per_layer)
 
-    def _exact_flops(self, per_layer: list[int], inputs: dict) -> float:
-        """Exact prefill FLOPs (decoder with GQA, gated MLP / active experts / linear attention, vision encoder,
-        lm_head) of sample 0."""
+    def _exact_flops(self, per_layer: list[int], inputs: dict, last) -> float:
+        """Exact prefill FLOPs (decoder with GQA, gated MLP / active experts / linear attention, vision encoder as
+        the vision stage ran it, lm_head) of sample 0."""
         from tokpress.eval.bench.flops_exact import exact_prefill_flops, input_video_grid
 
         config = self.work.model.config
         grid = input_video_grid(config, inputs)
-        return float(exact_prefill_flops(config, per_layer, video_grid=grid).total)
+        kept, layer_tokens = None, None
+        if last is not None and last.kept.get("vision"):
+            t, h, w = grid
+            merge = config.vision_config.spatial_merge_size
+            kept = torch.zeros(t * (h // merge) * (w // merge), dtype=torch.bool)
+            kept[last.kept["vision"][0][0]] = True
+            kept = kept.view(t, h // merge, w // merge)
+        if last is not None and last.vision_tokens:
+            layer_tokens = last.vision_tokens
+        return float(
+            exact_prefill_flops(
+                config, per_layer, video_grid=grid, vision_kept=kept, vision_layer_tokens=layer_tokens
+            ).total
+        )
