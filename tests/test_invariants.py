@@ -33,6 +33,7 @@ METHODS = {
     "framebudget": dict(outer="framebudget", fill="evs"),
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
+    "sparsevlm": dict(inner="sparsevlm"),
     "framefusion": dict(inner="framefusion"),
     "sttm": dict(inner="sttm"),
     "uniform+fastv": dict(outer="uniform", inner="fastv", inner_layer=1, inner_ratio=0.5),

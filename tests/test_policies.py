@@ -7,7 +7,7 @@ import torch
 
 from tokpress import config
 from tokpress.errors import InputError
-from tokpress.policies.base import Grid, InnerTokens, Plan, VideoSlot, VideoTokens
+from tokpress.policies.base import Grid, InnerTokens, Plan, Projections, VideoSlot, VideoTokens
 from tokpress.policies.fixed import FixedInnerPolicy, FixedOuterPolicy
 from tokpress.policies.inner.fastv import FastVPolicy
 from tokpress.policies.outer.evs import EVSPolicy
@@ -544,6 +544,20 @@ def test_every_outer_policy_keeps_exact_budget(name, dtype):
     assert full.keep.tolist() == list(range(n))
 
 
+def random_projections(n: int, gen: torch.Generator, heads: int = 4, kv: int = 2, d: int = 8) -> Projections:
+    """Score-layer projections of one sample: a text token, the ``n`` candidates, then 4 question tokens."""
+    s = n + 5
+    return Projections(
+        queries=torch.randn(s, heads, d, generator=gen),
+        query_index=torch.arange(s),
+        question=torch.arange(s) > n,
+        keys=torch.randn(kv, s, d, generator=gen),
+        key_valid=torch.ones(s, dtype=torch.bool),
+        candidates=torch.arange(1, n + 1),
+        scaling=d**-0.5,
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", INNER)
 def test_every_inner_policy_keeps_exact_budget(name, dtype):
@@ -558,5 +572,6 @@ def test_every_inner_policy_keeps_exact_budget(name, dtype):
             attention=torch.rand(n, generator=gen).softmax(0),
             layer=cls.default_layer(28),
             videos=(VideoSlot(0, Grid(5, 2, 3)),),  # 30 tokens: 5 frames of 2 x 3
+            projections=random_projections(n, gen) if cls.attention_queries == "projections" else None,
         )
         check_plan_shape(policy.plan(tokens, budget), budget, n, dim)

@@ -89,6 +89,8 @@ METHOD_LINES: dict[str, str] = {
     "prunevid": "merges static tokens; inside, prunes by question attention and trims earlier KV cache · ACL 2025",
     "random": "baseline: a seeded random subset of each video's tokens",
     "scissor": "merges semantic connected components per frame, then across frames · Sun et al., 2025",
+    "sparsevlm": "at 3 layers keeps the visual tokens the question's rater tokens attend to most, recycles the rest · "
+    "ICML 2025",
     "sttm": "at layer 2 merges tokens by a spatial quadtree, then across frames (query-agnostic) · "
     "Hyun et al., ICCV 2025",
     "uniform": "baseline: evenly spaced tokens in every frame",

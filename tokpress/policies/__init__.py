@@ -7,6 +7,7 @@ from tokpress.policies.inner import (  # noqa: F401
     fastv,
     framefusion,
     pdrop,
+    sparsevlm,
     sttm,
 )
 from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
