@@ -41,6 +41,8 @@ METHODS = {
     "dycoke": dict(method="dycoke"),
     "prunevid": dict(method="prunevid"),
     "flashvid": dict(method="flashvid"),
+    "aim": dict(method="aim"),
+    "aim_inner": dict(inner="aim", inner_layer=1),
 }
 # decode-time visibility (DyCoke) and earlier-KV cuts (PruneVid) change what tokens after the prompt see, by
 # design: a no-cache recompute cannot match them. Their outer stage is still checked; the rest is pinned against

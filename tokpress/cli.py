@@ -68,6 +68,8 @@ MODEL_FAMILIES: dict[str, tuple[str, str, str]] = {
 
 #: One line per shipped method: what it does (the policy modules' docstrings have the details and sources).
 METHOD_LINES: dict[str, str] = {
+    "aim": "merges each frame by iterative bipartite matching; from mid-depth prunes by PageRank "
+    "of attention · Zhong et al., ICCV 2025",
     "divprune": "keeps the most mutually diverse tokens (greedy max-min cosine distance) · Alvar et al., CVPR 2025",
     "dycoke": "merges similar tokens in 4-frame windows; while decoding, attends to the top 30 % visual tokens · "
     "CVPR 2025",

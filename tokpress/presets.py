@@ -48,3 +48,13 @@ register_preset(
         "retain_ratio enters the LLM: the paper's layer-averaged r is retain_ratio / 1.25",
     )
 )
+register_preset(
+    Preset(
+        "aim",
+        outer="aim",
+        inner="aim",
+        inner_ratio=0.125,
+        description="AIM (ICCV 2025): iterative bipartite (ToMe) merging within each frame outside; from the middle "
+        "layer on, PageRank over the attention removes 12.5 % of the visual tokens per layer, down to 12.5 %",
+    )
+)

@@ -2,6 +2,7 @@
 
 from tokpress import presets  # noqa: F401, E402  (registers after the policies it names)
 from tokpress.policies import fixed  # noqa: F401
+from tokpress.policies.inner import aim as _aim_inner  # noqa: F401
 from tokpress.policies.inner import dycoke as _dycoke_kv  # noqa: F401
 from tokpress.policies.inner import (  # noqa: F401
     fastv,
@@ -13,6 +14,7 @@ from tokpress.policies.inner import (  # noqa: F401
 from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
 from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
 from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
+from tokpress.policies.outer import aim as _aim_outer  # noqa: F401
 from tokpress.policies.outer import (  # noqa: F401
     divprune,
     dycoke,

@@ -131,8 +131,9 @@ class FrameBudgetPolicy(OuterPolicy):
         """``[T]`` long tokens per frame, summing to ``budget``, each at most the frame's token count."""
         g = video.grid
         frames = video.features.view(g.frames, g.per_frame, -1)
-        if self.config.scorer == "similarity":
-            scores = similarity_scores(frames, video.question)
+        if self.config.scorer == "similarity":  # no question (a call outside the engine): equal scores
+            question = video.question if video.question is not None else video.features[:0]
+            scores = similarity_scores(frames, question)
         elif self.config.scorer == "given":
             scores = torch.as_tensor(self.config.frame_scores[video.sample][video.video], dtype=torch.float32)
             if scores.numel() != g.frames:
