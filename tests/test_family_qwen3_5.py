@@ -105,3 +105,14 @@ def test_a_default_inner_layer_without_scores_moves_to_the_first_with_them():
     assert model.tokpress.captures[0].attention is model.model.language_model.layers[3].self_attn
     with pytest.raises(tokpress.TokpressError, match="use inner_layer=4 or later"):
         tokpress.apply(model, method="fastv", inner_layer=2, retain_ratio=0.5)
+
+
+def test_a_multi_stage_default_schedule_moves_whole_past_the_linear_layers():
+    """SparseVLM's default stages on 8 layers start at K = 1 (only linear layers before it on this layout): the whole
+    schedule moves until every stage has an attention layer before it."""
+    model = _model(["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 2)
+    tokpress.apply(model, inner="sparsevlm", retain_ratio=0.25)
+    layers = [s.layer for s in model.tokpress.config.inner]
+    assert layers[0] == 4 and layers == sorted(set(layers))
+    adapter = model.tokpress.adapter
+    assert all(adapter.score_layer(k) is not None for k in layers)

@@ -119,10 +119,12 @@ def apply(
             f"inner stages need full-attention layers, but layers {sliding} use sliding "
             "windows; use an outer policy only"
         )
-    moved = _default_layer_on_hybrid(adapter, cfg) if inner_layer is None else None
-    if moved is not None:  # the policy's default layer has no attention layer before it (Qwen3.5): the next one
-        logger.info("tokpress: inner stage moved from layer %d to %d (first with attention scores)", *moved)
-        cfg = build_config(method, num_layers=adapter.num_layers, inner_layer=moved[1], **stages, **options)
+    if inner_layer is None:  # the policy's default layer has no attention layer before it (Qwen3.5): a later one
+        rebuild = lambda k: build_config(method, num_layers=adapter.num_layers, inner_layer=k, **stages, **options)  # noqa: E731
+        moved = _default_layer_on_hybrid(adapter, cfg, rebuild)
+        if moved is not None:
+            logger.info("tokpress: inner stages moved from layer %d to %d (first with attention scores)", *moved[:2])
+            cfg = moved[2]
     _check_score_layers(adapter, cfg)
     engine = Engine(model, adapter, cfg)
     if engine.outer is not None and engine.outer.needs_vision_attention and not adapter.supports_vision_attention:
@@ -159,16 +161,29 @@ def _vision_families() -> set[str]:
     }
 
 
-def _default_layer_on_hybrid(adapter, cfg) -> tuple[int, int] | None:
-    """``(default layer, first later layer with an attention layer before it)`` when a single attention-ranked
-    inner stage sits, by default, where no attention layer precedes it; ``None`` otherwise."""
-    if len(cfg.inner) != 1 or not get_policy("inner", cfg.inner[0].policy).needs_attention:
+def _default_layer_on_hybrid(adapter, cfg, rebuild) -> tuple[int, int, Any] | None:
+    """``(first stage's default layer, its new layer, the rebuilt config)`` when attention-ranked inner stages sit,
+    by default, where no attention layer precedes one of them: the first ``inner_layer`` after the default for which
+    ``rebuild(inner_layer)`` places every stage after an attention layer (a multi-stage schedule moves whole);
+    ``None`` when nothing needs moving or nothing fits."""
+
+    def scored(c) -> bool:
+        return all(
+            not get_policy("inner", s.policy).needs_attention or adapter.score_layer(s.layer) is not None
+            for s in c.inner
+        )
+
+    if not cfg.inner or scored(cfg):
         return None
-    layer = cfg.inner[0].layer
-    if adapter.score_layer(layer) is not None:
-        return None
-    later = [k for k in range(layer + 1, adapter.num_layers) if adapter.score_layer(k) is not None]
-    return (layer, later[0]) if later else None
+    first = cfg.inner[0].layer
+    for k in range(first + 1, adapter.num_layers):
+        try:
+            moved = rebuild(k)
+        except ConfigError:  # the schedule does not fit from k on
+            continue
+        if scored(moved):
+            return first, moved.inner[0].layer, moved
+    return None
 
 
 def _check_score_layers(adapter, cfg) -> None:
