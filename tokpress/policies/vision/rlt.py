@@ -77,8 +77,8 @@ class RunLengthVision:
             units: ``[T, S, P]`` pixel values of ``S`` units per temporal patch (``P`` values per unit).
         """
         x = units.float()
-        if self.config.metric == "l1":
-            change = (x[1:] - x[:-1]).abs().mean(-1)
+        if self.config.metric == "l1":  # one [T - 1, S, P] buffer, made absolute in place (memory-bound on CPU)
+            change = torch.sub(x[1:], x[:-1]).abs_().mean(-1)
         else:
             change = 1.0 - F.cosine_similarity(x[1:], x[:-1], dim=-1)
         first = torch.full((1, x.shape[1]), float("inf"), device=x.device)
