@@ -26,7 +26,7 @@ import torch
 from tokpress.config import budget as keep_count
 from tokpress.errors import ConfigError
 from tokpress.eval.bench.timing import Clock
-from tokpress.policies.base import Grid, InnerTokens, VideoSlot, VideoTokens
+from tokpress.policies.base import Grid, InnerTokens, Projections, VideoSlot, VideoTokens
 from tokpress.registry import get_policy, policy_names
 
 #: the issue's two sizes: LLaVA-OneVision-like 32 x 14 x 14 and Qwen-like 64 x 16 x 16 tokens, 3584 channels
@@ -35,6 +35,8 @@ DEFAULT_SHAPES: tuple[tuple[int, int, int, int], ...] = ((32, 14, 14, 3584), (64
 SKIPPED = ("fixed",)
 #: the decoder depth inner policies pick their default layer for (Qwen2-7B's 28 layers)
 NUM_LAYERS = 28
+#: question tokens after the video in the synthetic inputs (query-aware policies read them)
+QUESTION_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,14 @@ def synthetic_video(
     logits = 3 * torch.randn(frames, p, generator=gen).clamp_min(0)
     attention = logits.softmax(-1).flatten()
     features = video.reshape(grid.numel, dim).to(device=device, dtype=dtype)
-    return VideoTokens(features, grid, attention=attention.to(device), family="")
+    question = torch.randn(QUESTION_TOKENS, dim, generator=gen).to(device=device, dtype=dtype)
+    return VideoTokens(features, grid, attention=attention.to(device), family="", question=question)
 
 
-def inner_tokens(video: VideoTokens, layer: int) -> InnerTokens:
-    """All of ``video``'s tokens as an inner stage sees them at ``layer``: attention ``[N]`` sums to 1."""
+def inner_tokens(video: VideoTokens, layer: int, projections: bool = False) -> InnerTokens:
+    """All of ``video``'s tokens as an inner stage sees them at ``layer``: attention ``[N]`` sums to 1; with
+    ``projections``, random score-layer projections of a real model's shape (``head_dim`` 128, 7 query heads per
+    key head) over 4 prompt tokens, the video and :data:`QUESTION_TOKENS` question tokens."""
     n, device = video.grid.numel, video.features.device
     gen = torch.Generator().manual_seed(1)
     attention = (3 * torch.randn(n, generator=gen).clamp_min(0)).softmax(-1).to(device)
@@ -103,6 +108,24 @@ def inner_tokens(video: VideoTokens, layer: int) -> InnerTokens:
         layer,
         videos=(VideoSlot(0, video.grid),),
         sizes=torch.ones(n, device=device),
+        projections=random_projections(n, video.features.shape[1], gen, device) if projections else None,
+    )
+
+
+def random_projections(n: int, dim: int, gen: torch.Generator, device) -> Projections:
+    """Projections of 4 prompt tokens, ``n`` candidates and the question, sized as a model of width ``dim``."""
+    head_dim = 128
+    heads = max(1, dim // head_dim)
+    kv = max(1, heads // 7) if heads % max(1, heads // 7) == 0 else 1
+    s = 4 + n + QUESTION_TOKENS
+    return Projections(
+        queries=torch.randn(s, heads, head_dim, generator=gen).to(device),
+        query_index=torch.arange(s, device=device),
+        question=torch.arange(s, device=device) >= 4 + n,
+        keys=torch.randn(kv, s, head_dim, generator=gen).to(device),
+        key_valid=torch.ones(s, dtype=torch.bool, device=device),
+        candidates=torch.arange(4, 4 + n, device=device),
+        scaling=head_dim**-0.5,
     )
 
 
@@ -129,7 +152,9 @@ def cases(methods: Sequence[str], video: VideoTokens, ratio: float) -> list[Case
             if stage == "outer":
                 out.append(Case(method, stage, lambda pol=policy, v=video: pol.plan(v, k)))
             else:
-                tokens = inner_tokens(video, cls.default_layer(NUM_LAYERS))
+                tokens = inner_tokens(
+                    video, cls.default_layer(NUM_LAYERS), projections=cls.attention_queries == "projections"
+                )
                 out.append(Case(method, stage, lambda pol=policy, t=tokens: pol.plan(_fresh(t), k)))
     return out
 
