@@ -366,8 +366,8 @@ def test_deterministic_and_input_untouched():
     assert torch.equal(video.features, before)
 
 
-def test_large_video_uses_the_gram_path_and_stays_exact():
-    """96 tokens in 8 frames with D = 64: large configs take the Gram-matrix similarities (M^2 D > 4 N^2)."""
+def test_large_video_stays_exact():
+    """96 tokens in 8 frames with D = 64 (the sparse temporal graph against the dense form: test_scissor_speed.py)."""
     grid = Grid(8, 3, 4)
     video = random_video(grid, dim=64, seed=5)
     for budget in (3, 30, 70, 95):

@@ -16,9 +16,9 @@ Budget mapping. The paper has no budget: ``tau`` (0.9 in the README, ``mm_zip_ta
 tokpress searches the threshold so that exactly ``budget`` tokens remain (:func:`scissor`):
 
 * The components at ``tau`` are those of the graph's **maximum spanning forest** (MSF) cut to its edges ``> tau``
-  (single linkage), so a stage's count at any ``tau`` is ``nodes - #{MSF edges > tau}``. The MSFs come from a
-  vectorised Borůvka (:func:`spanning_forest`) under a strict edge order (weight, then node pair), so ties are
-  split deterministically.
+  (single linkage), so a stage's count at any ``tau`` is ``nodes - #{MSF edges > tau}``. The MSFs come from
+  vectorised Borůvka (:func:`spanning_forest` on the per-frame matrices, :func:`forest_in_order` on the temporal
+  edge list) under a strict edge order (weight, then node pair), so ties are split deterministically.
 * Stage 1 changes only at the distinct weights ``u_1 < ... < u_m`` of the per-frame MSF edges: *config* ``i`` is
   the spatial result for ``tau`` in ``[u_i, u_{i+1})`` (``u_0 = -inf``, ``u_{m+1} = +inf``), with ``M_i`` tokens
   (known for every ``i`` without running stage 2). On that interval the temporal count rises with ``tau`` up to
@@ -37,10 +37,20 @@ tokpress searches the threshold so that exactly ``budget`` tokens remain (:func:
   counted at ``tau1 = u_hi`` (stage 1) and ``tau2`` = the strongest dropped weight (stage 2), ties split by index.
   :class:`ScissorResult` reports ``tau1`` and ``tau2``.
 
-Cost: the tokens' Gram matrix ``x x^T`` (``O(N^2 D)``, once; every similarity derives from it, so a token pair
-has the same value in both stages) and the per-frame MSFs, then per evaluation a spatial pass (``O(N P)``), the
-temporal similarities (the Gram matrix summed over the components: ``O(N^2)``) and a sparse component count; one
-``[M, M]`` MSF at the end. About 1.5-8 s for 32 x 196 tokens with ``D = 896`` on 2 CPU cores; memory ``O(N^2)``.
+Cost: the tokens' Gram matrix ``x x^T`` (``O(N^2 D)``, once; every similarity derives from it, so a token pair has the
+same value in both stages), a bit-for-bit check that it is symmetric (as CPU BLAS makes it; otherwise its transpose is
+kept as well) and the per-frame MSFs. An evaluation then builds only what its component count needs
+(:class:`_Temporal`), never the ``[M, M]`` temporal matrix: a spatial pass (``O(N P)``); the similarity rows of the
+``G`` components of two or more tokens (their ``U`` members' Gram rows summed, in index order as the dense form sums
+them: ``O(U N + G N)``); and the edges between single-token components, which are token pairs, filtered from a cached
+list of the token pairs at or above the threshold (``O(N^2)`` once, again only when a lower threshold comes). The final
+merge lists the temporal edges down to the strongest dropped one (lowering a threshold in doubling steps) and takes
+their spanning forest. A graph with more than ``_EDGE_CAP`` edges at a threshold falls back to the dense ``[M, M]``
+form. Every value is the dense form's bit for bit (on CPU, whose ``index_add_`` sums in index order), so the result is
+too (``tests/test_scissor_speed.py`` restates the dense form). Measured on a shared 2-core CPU, fp32, one thread, old
+and new form interleaved in one process: 32 x 196 tokens took 4-6 s at ``D = 3584`` (dense form 26-30 s; the Gram
+matrix and the re-merge's ``[N, k]`` cosines, two matmuls, are most of it) and 1.0-1.3 s at ``D = 448`` (dense form
+14-16 s); 64 x 256 tokens at ``D = 448`` 10.5 s (dense form 210 s). Memory ``O(N^2)`` (the Gram matrix).
 
 Positions: a kept token sits at the original index of its temporal representative's spatial representative. Those
 are ascending in the reference's own component order (within a frame by representative, frames in order, then by
@@ -81,6 +91,17 @@ import torch
 from tokpress.errors import InputError
 from tokpress.ops import connected_components, cosine_matrix, group_mean, group_size, primal
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
+from tokpress.policies.outer.scissor_graph import (
+    _Temporal,
+    _Tokens,
+    cosine_from_dots,
+    count_components,
+    edge_order,
+    forest_in_order,
+    group_by_representative,
+    spanning_forest,
+    true_indices,
+)
 from tokpress.registry import register_policy
 
 _INF = math.inf
@@ -120,230 +141,39 @@ class ScissorResult:
     tau_temporal: float
 
 
-def cosine_from_dots(dots: torch.Tensor) -> torch.Tensor:
-    """``[m, m]`` cosines from a matrix of dot products ``dots`` ``[m, m]`` (e.g. ``x x^T``), exactly symmetric.
-
-    Elementwise only, so a pair gets bit-for-bit the same value in every matrix it appears in with the same dot
-    products (a token pair in stage 1 and the same two tokens, as singletons, in stage 2). ``-0.0`` becomes ``0.0``.
-    """
-    norm = dots.diagonal().clamp_min(0).sqrt().clamp_min(1e-12)
-    d = dots / norm[:, None] / norm[None, :]
-    return (d + d.T).mul_(0.5).add_(0.0)
-
-
-def edge_order(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Permutation ``[E]`` sorting edges ``(a, b)`` of weights ``w`` strongest first; ties go to the lower
-    ``(min(a, b), max(a, b))`` pair. A strict total order, so the spanning forest and the cuts are unique."""
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    order = torch.sort(hi, stable=True).indices
-    order = order.index_select(0, torch.sort(lo.index_select(0, order), stable=True).indices)
-    return order.index_select(0, torch.sort(w.index_select(0, order), descending=True, stable=True).indices)
-
-
-_LOW = 2**31 - 1  # the low 31 bits of an edge key hold the (inverted) node pair
-_NONE = torch.iinfo(torch.int64).min  # key of "no edge"
-_CHUNK = 1 << 22  # similarity entries turned into keys at a time (bounds the int64 scratch memory)
-_MAX_NODES = 46340  # n * n < 2^31: a node pair fits the key's low 31 bits
-
-
-def _edge_keys(w: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
-    """int64 keys whose order is :func:`edge_order`'s: the float32 weight's bits made monotone (negative floats have
-    their 31 low bits flipped) in the high bits, ``2^31 - 1 - pair`` (``pair = min * n + max``) in the low 31."""
-    bits = (w + 0.0).view(torch.int32)  # + 0.0: -0.0 becomes 0.0, which compares equal to it
-    bits = torch.where(bits < 0, bits ^ _LOW, bits)
-    return (bits.long() << 31) | (_LOW - pair)
-
-
-def _local_ids(labels: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Renumber components within each of ``B`` graphs.
-
-    Args:
-        labels: ``[B * n]`` root label (a global node index) of every node.
-        real: ``[B, n]`` which nodes exist (padding nodes get id 0 and are never referenced by a real node).
-
-    Returns:
-        ``[B, n]`` component id of each node within its graph (ascending with the root) and the largest count.
-    """
-    bsz, n = real.shape
-    roots = (labels == torch.arange(bsz * n, device=labels.device)).view(bsz, n) & real
-    rank = roots.long().cumsum(1) - 1
-    local = rank.flatten().index_select(0, labels).view(bsz, n).clamp_min(0)
-    return local, int(roots.sum(1).max())
-
-
-def spanning_forest(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Maximum spanning tree of each of ``B`` complete graphs, by Borůvka with the order of :func:`edge_order`.
-
-    Round 1: every node's strongest edge (a row-wise ``argmax``; ties go to the lower column, which is the edge
-    order). The graph is then contracted to its components: ``K[c, c']`` holds the best :func:`_edge_keys` key
-    between components ``c`` and ``c'`` (two ``scatter_reduce`` maxima; the keys are built a chunk of rows at a
-    time), and every later round takes each component's best key and contracts again. At least half the components
-    merge per round and the contracted matrix shrinks with them, so the work is a few passes over ``sim``.
-
-    Args:
-        sim: ``[B, n, n]`` float32 symmetric finite edge weights (``n <= 46340``); the diagonal is ignored (it is
-            overwritten during the first round and restored).
-
-    Returns:
-        ``a, b, w`` ``[B (n - 1)]``: the tree edges as global node ids ``graph * n + node`` (``a < b``) and their
-        weights.
-    """
-    bsz, n, _ = sim.shape
-    if n > _MAX_NODES:
-        raise InputError(
-            f"scissor: a graph of {n} tokens is larger than the {_MAX_NODES} its exact edge order supports; "
-            "sample fewer frames or lower the resolution of the video"
-        )
-    total = bsz * n
-    device = sim.device
-    ids = torch.arange(total, device=device)
-    graph = torch.div(ids, n, rounding_mode="floor")
-    node = ids - graph * n
-    flat = sim.reshape(-1)
-    a = torch.empty(0, dtype=torch.long, device=device)
-    b, w = a.clone(), torch.empty(0, device=device)
-    if n == 1:
-        return a, b, w
-
-    def add(src: torch.Tensor, dst: torch.Tensor) -> None:  # global node ids; duplicates allowed
-        nonlocal a, b, w
-        key = torch.unique(torch.minimum(src, dst) * total + torch.maximum(src, dst))
-        lo = torch.div(key, total, rounding_mode="floor")
-        hi = key - lo * total
-        g = torch.div(lo, n, rounding_mode="floor")
-        a, b = torch.cat([a, lo]), torch.cat([b, hi])
-        w = torch.cat([w, flat.index_select(0, g * n * n + (lo - g * n) * n + (hi - g * n))])
-
-    diag = sim.diagonal(dim1=1, dim2=2)
-    saved = diag.clone()
-    diag.fill_(-math.inf)
-    best = sim.argmax(-1).flatten()  # round 1: each node alone is a component
-    diag.copy_(saved)
-    add(ids, graph * n + best)
-    local, kmax = _local_ids(connected_components(total, a, b), torch.ones(bsz, n, dtype=torch.bool, device=device))
-
-    keys = torch.full((bsz * kmax, kmax), _NONE, device=device)
-    rows = sim.reshape(total, n)
-    cols = torch.arange(n, device=device)
-    step = max(1, _CHUNK // n)
-    for r0 in range(0, total, step):  # chunks of rows, only to bound the int64 scratch memory
-        r = ids[r0 : r0 + step]
-        i = node[r0 : r0 + step, None]
-        k = _edge_keys(rows[r0 : r0 + step], torch.minimum(i, cols) * n + torch.maximum(i, cols))
-        g = graph[r0 : r0 + step]
-        per_col = torch.full((r.numel(), kmax), _NONE, device=device)
-        per_col.scatter_reduce_(1, local.index_select(0, g), k, "amax")
-        target = g * kmax + local.reshape(-1).index_select(0, r)
-        keys.scatter_reduce_(0, target[:, None].expand(-1, kmax), per_col, "amax")
-    keys = keys.view(bsz, kmax, kmax)
-
-    while True:
-        keys.diagonal(dim1=1, dim2=2).fill_(_NONE)  # a component's edges to itself
-        top, other = keys.max(-1)  # [B, kmax]
-        valid = (top > _NONE).flatten()
-        if not bool(valid.any()):
-            return a, b, w
-        sel = valid.nonzero().squeeze(1)
-        g = torch.div(sel, kmax, rounding_mode="floor")
-        pair = _LOW - (top.flatten().index_select(0, sel) & _LOW)
-        lo = torch.div(pair, n, rounding_mode="floor")
-        add(g * n + lo, g * n + pair - lo * n)
-        merged = connected_components(bsz * kmax, sel, g * kmax + other.flatten().index_select(0, sel))
-        real = torch.arange(kmax, device=device) <= local.max(1, keepdim=True).values  # [B, kmax]: not padding
-        new, kmax2 = _local_ids(merged, real)
-        local = new.gather(1, local)
-        half = torch.full((bsz, kmax, kmax2), _NONE, device=device)
-        half.scatter_reduce_(2, new[:, None, :].expand(-1, kmax, -1), keys, "amax")
-        keys = torch.full((bsz, kmax2, kmax2), _NONE, device=device)
-        keys.scatter_reduce_(1, new[:, :, None].expand(-1, -1, kmax2), half, "amax")
-        kmax = kmax2
-
-
-def group_by_representative(labels: torch.Tensor, degree: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Number components by their representative, the highest-degree member (ties: the lower index).
-
-    Args:
-        labels: ``[n]`` component label of each node (the index of one node of the component).
-        degree: ``[n]`` degree of each node.
-
-    Returns:
-        ``groups [n]`` (component id ``0..k-1`` of each node, ids ascending with the representative) and
-        ``reps [k]`` (ascending node indices).
-    """
-    n = labels.numel()
-    device = labels.device
-    idx = torch.arange(n, device=device)
-    top = torch.full((n,), -1, dtype=degree.dtype, device=device).scatter_reduce(0, labels, degree, "amax")
-    candidate = torch.where(degree == top.index_select(0, labels), idx, n)
-    rep_of = torch.full((n,), n, dtype=torch.long, device=device).scatter_reduce(0, labels, candidate, "amin")
-    roots = torch.unique(labels)
-    reps, perm = torch.sort(rep_of.index_select(0, roots))
-    rank = torch.empty(n, dtype=torch.long, device=device)
-    rank.index_copy_(0, roots.index_select(0, perm), torch.arange(roots.numel(), device=device))
-    return rank.index_select(0, labels), reps
-
-
-@dataclass
-class _Spatial:
-    """Stage 1 at one config, and the temporal similarities of its means."""
-
-    groups: torch.Tensor  # [N] spatial component of each token
-    reps: torch.Tensor  # [M] original index of each spatial representative, ascending
-    sim: torch.Tensor  # [M, M] temporal similarities (symmetric float32)
-
-
-def count_components(sim: torch.Tensor, threshold: float, max_edges: int = 1 << 22) -> int:
-    """Number of connected components of the graph ``sim >= threshold`` (``sim`` ``[M, M]`` symmetric).
-
-    The graph is usually sparse at the thresholds the search tries, so its edges are listed and joined by
-    :func:`~tokpress.ops.connected_components`; a denser graph (over ``max_edges`` edges) is counted on its spanning
-    forest instead.
-    """
-    m = sim.shape[0]
-    adj = sim >= threshold
-    adj.fill_diagonal_(False)
-    if int(adj.sum()) > max_edges:
-        _, _, w = spanning_forest(sim[None])
-        return m - int((w >= threshold).sum())
-    a, b = adj.nonzero().unbind(1)
-    labels = connected_components(m, a, b)
-    return int((labels == torch.arange(m, device=sim.device)).sum())
-
-
 def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorResult:
     """LLaVA-Scissor on one video's tokens ``frames`` ``[T, P, D]``, keeping exactly ``budget`` (``1 <= budget <= T
     P``) tokens; the threshold search of the module docstring.
 
     Python loops run over the search's evaluations (``O(log N)``), the Borůvka and hooking rounds (``O(log N)``
-    each) and row chunks of the key matrix, never over tokens.
+    each), the final threshold's lowering steps, tiles of the symmetry check and row chunks of the key matrix and the
+    pair scans, never over tokens or components.
     """
     t, p, dim = frames.shape
     n = t * p
     x = frames.reshape(n, dim).float()
     # Every similarity derives from the tokens' dot products (Gram matrix): stage 1 uses its per-frame blocks, stage 2
     # sums it over the spatial components (the dot product of two components' sums), so a pair has one value
-    # wherever it appears, and a config's temporal similarities cost O(N^2) whatever D is.
+    # wherever it appears, and a config's temporal similarities cost O(N^2) at most whatever D is.
     xs = primal(x)  # similarities select; only the merges below follow a dual tangent (tokpress.ops.dual)
-    gram = xs @ xs.T  # [N, N]
-    sim1 = cosine_from_dots(gram).view(t, p, t, p).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()
+    tokens = _Tokens(xs @ xs.T)  # [N, N]
+    blocks = tokens.gram.view(t, p, t, p).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [T, P, P] per-frame dots
+    norm = tokens.norm.view(t, p)
+    blocks = blocks / norm[:, :, None] / norm[:, None, :]
+    sim1 = (blocks + blocks.mT).mul_(0.5).add_(0.0)  # the per-frame blocks of cosine_from_dots(gram)
     a1, b1, w1 = spanning_forest(sim1)  # [T, P, P] per-frame maximum spanning trees
     weights, counts = torch.unique(w1, return_counts=True)  # ascending distinct weights u_1 < ... < u_m
     cuts = [-_INF, *weights.tolist()]
     above = torch.cat([counts.flip(0).cumsum(0).flip(0), counts.new_zeros(1)])  # #{w1 > u_i} for config i
     sizes_m = [n - int(c) for c in above.tolist()]  # M_i (a forest: nodes - linked edges), non-decreasing
 
-    def temporal_similarity(groups: torch.Tensor, m: int) -> torch.Tensor:
-        """``[M, M]`` cosines of the spatial means: the Gram matrix summed over the components' members."""
-        dots = torch.zeros(m, n, device=x.device).index_add_(0, groups, gram)
-        return cosine_from_dots(torch.zeros(m, m, device=x.device).index_add_(1, groups, dots))
-
-    def spatial(i: int, tau_degree: float, previous: _Spatial | None = None) -> _Spatial:
+    def spatial(i: int, tau_degree: float, previous: _Temporal | None = None) -> _Temporal:
         link = (w1 > cuts[i]).nonzero().squeeze(1)
         labels = connected_components(n, a1.index_select(0, link), b1.index_select(0, link))
         groups, reps = group_by_representative(labels, (sim1 > tau_degree).sum(-1).flatten())
         if previous is not None and torch.equal(groups, previous.groups):
-            return _Spatial(groups, reps, previous.sim)
-        return _Spatial(groups, reps, temporal_similarity(groups, reps.numel()))
+            return previous.with_reps(reps)  # the same components, maybe other representatives
+        return _Temporal(tokens, groups, reps)
 
     def upper(i: int) -> float:
         return cuts[i + 1] if i + 1 < len(cuts) else _INF
@@ -367,7 +197,7 @@ def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorR
             target = sizes_m[lo] + (-f_lo) * (sizes_m[hi] - sizes_m[lo]) / (f_hi - f_lo)
             mid = min(max(bisect.bisect_left(sizes_m, target), lo + 1), hi - 1)
         st = spatial(mid, cuts[mid])
-        excess = count_components(st.sim, upper(mid)) - budget + 0.5
+        excess = st.count(upper(mid)) - budget + 0.5
         if excess > 0:
             hi, f_hi, st_hi = mid, excess, st
             if kept_side == -1:  # lo kept twice in a row
@@ -381,27 +211,26 @@ def scissor(frames: torch.Tensor, budget: int, remerge: bool = True) -> ScissorR
         bisect_next = not bisect_next and lo >= 0 and 2 * (hi - lo) > width
     chosen = hi
     st = st_hi if st_hi is not None else spatial(chosen, cuts[chosen])
-    a2, b2, w2 = spanning_forest(st.sim[None])
-    m = st.reps.numel()
-    order = edge_order(w2, a2, b2)
+    m = st.m
     drop = m - budget  # keep the `drop` strongest temporal edges: m - drop = budget components
-    weakest_kept = float(w2[order[drop - 1]]) if drop > 0 else _INF
-    strongest_dropped = float(w2[order[drop]]) if drop < m - 1 else -_INF
+    # the forest's edges down to the strongest dropped one (all of them when drop = m - 1)
+    start = min(upper(chosen), 1.0)
+    a2, b2, w2 = st.forest(min(drop + 1, m - 1), start)
+    weakest_kept = float(w2[drop - 1]) if drop > 0 else _INF
+    strongest_dropped = float(w2[drop]) if drop < m - 1 else -_INF
     shared = max(cuts[chosen], strongest_dropped)
     if shared < min(upper(chosen), weakest_kept):
         tau1 = tau2 = shared
         if tau1 != cuts[chosen]:  # degrees at tau*: representatives (and so the node order) may change
             moved = spatial(chosen, tau1, previous=st)
-            if moved.sim is not st.sim:
-                a2, b2, w2 = spanning_forest(moved.sim[None])
-                order = edge_order(w2, a2, b2)
+            if not torch.equal(moved.groups, st.groups):
+                a2, b2, w2 = moved.forest(min(drop + 1, m - 1), start)
             st = moved
     else:
         tau1, tau2 = cuts[chosen], strongest_dropped
 
-    kept = order[:drop]
-    labels2 = connected_components(m, a2.index_select(0, kept), b2.index_select(0, kept))
-    groups2, reps2 = group_by_representative(labels2, (st.sim > tau2).sum(-1))
+    labels2 = connected_components(m, a2[:drop], b2[:drop])
+    groups2, reps2 = group_by_representative(labels2, st.degrees(tau2))
     final = group_mean(group_mean(x, st.groups, m), groups2, budget)  # plain mean of the spatial means
     keep = st.reps.index_select(0, reps2)  # ascending: reps2 ascending, st.reps ascending
     if remerge:
@@ -432,3 +261,18 @@ class ScissorPolicy(OuterPolicy):
             )
         out = scissor(x.reshape(g.frames, g.per_frame, -1), budget, self.config.remerge)
         return Plan(out.keep, out.features.to(x.dtype), out.sizes)
+
+
+__all__ = [
+    "ScissorConfig",
+    "ScissorPolicy",
+    "ScissorResult",
+    "cosine_from_dots",
+    "count_components",
+    "edge_order",
+    "forest_in_order",
+    "group_by_representative",
+    "scissor",
+    "spanning_forest",
+    "true_indices",
+]
