@@ -15,9 +15,20 @@ Budget mapping: the paper's only knob is the subset ratio (default 0.098), i.e. 
 picks is ``budget`` (the reference's ``round(ratio * N)`` is tokpress's ``budget(ratio, N)``). There are no other
 options.
 
-Cost: one ``N x N`` float32 distance matrix (``4 N^2`` bytes: 157 MB for 32 x 196 tokens) plus ``budget``
-sequential argmax steps of ``O(N)`` each — the greedy is inherently sequential (each pick depends on all earlier
-picks), every step is vectorised over the N tokens and none synchronises with the host.
+Cost: one ``N x N`` float32 cosine matrix (``4 N^2`` bytes: 157 MB for 32 x 196 tokens, 1.07 GB for 64 x 256),
+the only ``N^2`` buffer: distances ``1 - cos`` are never stored (below). It is built in row blocks of about
+:data:`BLOCK` rows, each block against the rows up to its own (``N^2 D`` multiply-adds instead of ``2 N^2 D``), the
+rest mirrored, since ``cos`` is symmetric. Then one ``N^2`` pass for every token's nearest other token, and
+``budget`` sequential greedy steps of four ``O(N)`` vector ops each — the greedy is inherently sequential (each pick
+depends on all earlier picks), every step is vectorised over the N tokens, reads one row of the matrix, allocates
+nothing and never synchronises with the host.
+
+Exactness: the distance ``1 - cos`` is computed as the reference does, in float32, but only where an argmax reads it:
+rounding is monotone, so ``min_j fl(1 - c_j) = fl(1 - max_j c_j)`` bit for bit and the running "distance to the
+picks" is ``fl(1 - running max cosine)``. The blocks are the same float32 dot products as one ``x @ x.T`` call: with
+MKL (x86 CPU) they come out bit-identical to it, so the picks are the one-call form's
+(tests/test_selection_speedups_16.py checks this, and the picks against that form). A BLAS whose blocks round
+differently (another CPU library, cuBLAS) could only swap two picks whose scores agree to float32 rounding.
 
 Deviations from the reference code (``vbdi/divprune``, ``llava_arch.DivPrune``):
 
@@ -35,15 +46,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from tokpress.ops import cosine_matrix
+from tokpress.ops import primal
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
+
+#: rows per block of the cosine matrix (blocks of 512-2048 rows run the matrix product at full speed on CPU)
+BLOCK = 1024
 
 
 @dataclass(frozen=True)
 class DivPruneConfig(PolicyConfig):
     """DivPrune has no options besides the ratio, which is ``retain_ratio`` (paper default 0.098)."""
+
+
+def cosine_gram(x: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """``[N, N]`` float32 cosine of every pair of rows of ``x`` ``[N, D]`` (any float dtype), ``x``'s device.
+
+    The unit rows are those of :func:`~tokpress.ops.cosine_matrix`; row block ``[r0, r1)`` is multiplied with rows
+    ``[0, r1)`` only and its left part is mirrored above the diagonal (about half the multiply-adds of one
+    ``unit @ unit.T``), so the result is exactly symmetric. Blocks of about ``block`` rows (default :data:`BLOCK`)
+    split ``N`` evenly, so none is much smaller than ``block / 2``.
+    """
+    block = block or BLOCK
+    unit = F.normalize(primal(x).float(), dim=-1)
+    n = unit.shape[0]
+    gram = unit.new_empty(n, n)
+    n_blocks = -(-n // block)
+    bounds = [i * n // n_blocks for i in range(n_blocks + 1)]
+    for r0, r1 in zip(bounds[:-1], bounds[1:]):  # a handful of iterations (N / block), none over tokens
+        torch.mm(unit[r0:r1], unit[:r1].T, out=gram[r0:r1, :r1])
+        gram[:r0, r0:r1] = gram[r0:r1, :r0].T
+    return gram
 
 
 def maxmin_diverse(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,17 +90,22 @@ def maxmin_diverse(x: torch.Tensor, k: int) -> torch.Tensor:
     n = x.shape[0]
     if not 0 < k <= n:
         raise ValueError(f"need 0 < k <= N, got k={k}, N={n}")
-    dist = 1.0 - cosine_matrix(x)  # [N, N] float32
-    eye = torch.eye(n, dtype=torch.bool, device=x.device)
-    isolation = dist.masked_fill(eye, float("inf")).amin(dim=1)  # distance to the nearest *other* token
+    cos = cosine_gram(x)  # [N, N] float32
+    diagonal = cos.diagonal()
+    diagonal.fill_(float("-inf"))
+    isolation = 1.0 - cos.amax(dim=1)  # distance to the nearest *other* token: min_j fl(1 - c_j) = fl(1 - max_j c_j)
+    diagonal.fill_(float("inf"))  # a pick's own entry: its distance to the picks becomes -inf, never picked again
     picks = torch.empty(k, dtype=torch.long, device=x.device)
-    pick = isolation.argmax().view(1)  # 1-element tensors throughout: indexing with them needs no host sync
-    picks[0:1] = pick
-    to_set = dist.index_select(0, pick)[0].index_fill_(0, pick, float("-inf"))  # min distance to the picks
+    torch.argmax(isolation, dim=0, keepdim=True, out=picks[0:1])  # indexing with 1-element tensors: no host sync
+    closest = cos.index_select(0, picks[0:1])[0]  # [N] largest cosine to the picks so far
+    to_set = torch.empty_like(closest)  # [N] distance to the picks: fl(1 - closest)
+    row = torch.empty_like(cos[:1])
+    one = torch.ones((), device=x.device)
     for i in range(1, k):  # greedy farthest-point: each pick depends on every earlier one (inherently sequential)
-        pick = to_set.argmax().view(1)
-        picks[i : i + 1] = pick
-        to_set = torch.minimum(to_set, dist.index_select(0, pick)[0]).index_fill_(0, pick, float("-inf"))
+        torch.sub(one, closest, out=to_set)
+        torch.argmax(to_set, dim=0, keepdim=True, out=picks[i : i + 1])
+        torch.index_select(cos, 0, picks[i : i + 1], out=row)
+        torch.maximum(closest, row[0], out=closest)
     return picks
 
 

@@ -21,6 +21,14 @@ Algorithm:
      ``w = max(1 / (n + 1), beta)`` (:func:`dtm_merge`). The merged token sits at its **anchor's** position.
 3. Survivors keep their original positions (FastVID does the same, in every port).
 
+Cost. Per segment, its non-salient tokens' unit rows are gathered once (``Q x D``); per anchor frame, one DPC-kNN
+over its ``n`` non-salient tokens (``n^2 D``; skipped when the frame's share takes all ``n``: then every token is an
+anchor) and one ``Q x m`` cosine matrix, argmax and group sums reading the segment's tokens in place; the output is
+written once, straight to its sorted rows. Python loops run over segments and anchor frames (about ``T / p`` plus
+the segments), never over tokens. Host syncs: a fixed few for the counts, plus one per anchor frame in the Qwen
+form (its list of joining tokens). Every matrix product has the shapes of the straightforward form, so the result
+is bit-identical to it on CPU (tests/test_selection_speedups_16.py restates that form).
+
 Budget mapping. The reference keeps ``int(P * r)`` tokens per frame for ``retain_ratio = r``; tokpress keeps exactly
 ``budget`` (``round(r * N)``), reconciled as follows (:func:`stprune_counts`):
 
@@ -287,6 +295,84 @@ def unit_rows(pool: torch.Tensor) -> torch.Tensor:
     return F.normalize(primal(pool).float(), dim=-1)
 
 
+def gathered_unit_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``unit_rows(x[rows])`` ``[Q, D]`` bit for bit in one buffer: the rows are gathered, then normalised in place."""
+    out = primal(x).index_select(0, rows).float()
+    return F.normalize(out, dim=-1, out=out)
+
+
+def _merge_joined(
+    x: torch.Tensor, joined: torch.Tensor, assign: torch.Tensor, anchors_x: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w x_anchor + (1 - w) mean(joined)`` per anchor, ``w = max(1 / (n + 1), beta)``.
+
+    Args:
+        x: ``[R, D]`` float32 rows (a segment's tokens, or a pool); rows that join nothing are read but count for no
+            anchor (they go to a spare group), so ``x`` can be a segment's slice of the grid with its salient rows.
+        joined: ``[J]`` ascending rows of ``x`` that join an anchor; ``assign``: ``[J]`` the anchor each joins.
+        anchors_x: ``[m, D]`` float32 features of the anchors.
+
+    Returns:
+        merged ``[m, D]`` float32 and the join counts ``n`` ``[m]`` float32. The sums add the joined rows in
+        ascending order, as a gathered ``x[joined]`` would: the same bits.
+    """
+    m = anchors_x.shape[0]
+    group = torch.full((x.shape[0],), m, dtype=torch.long, device=x.device).index_copy_(0, joined, assign)
+    n = group_size(assign, m)
+    w = (1 / (n + 1)).clamp_min(beta)[:, None]  # n = 0: w = 1, the anchor as it is
+    return w * anchors_x + (1 - w) * group_mean(x, group, m + 1)[:m], n
+
+
+def _cosine_to(unit: torch.Tensor | None, pool: torch.Tensor, rows: torch.Tensor | None, anchors: torch.Tensor):
+    """``[Q', m]`` cosine of the pool rows ``rows`` (default: all) to the pool rows ``anchors``.
+
+    From the pool's :func:`unit_rows` ``unit`` when given, else :func:`~tokpress.ops.cosine_matrix` of the gathered
+    rows (each operand normalised on its own, as on devices where row normalisation is not row-local)."""
+    if unit is not None:
+        lhs = unit if rows is None else unit.index_select(0, rows)
+        return lhs @ unit.index_select(0, anchors).T
+    lhs = pool if rows is None else pool.index_select(0, rows)
+    return cosine_matrix(lhs, pool.index_select(0, anchors))
+
+
+def _dtm(
+    x: torch.Tensor,
+    members: torch.Tensor,
+    pool: torch.Tensor,
+    unit: torch.Tensor | None,
+    own: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LLaVA form's DTM of the pool rows ``members`` ``[Q]`` of ``x`` ``[R, D]`` into the pool rows ``own``.
+
+    ``pool``: ``[Q, D]`` the pool's features (read only when ``unit`` is ``None``); ``unit``: its unit rows."""
+    assign = _cosine_to(unit, pool, None, own).argmax(-1)
+    assign[own] = torch.arange(own.numel(), device=x.device)
+    return _merge_joined(x, members, assign, x.index_select(0, members.index_select(0, own)), beta)
+
+
+def _dtm_excluding(
+    x: torch.Tensor,
+    members: torch.Tensor,
+    pool: torch.Tensor,
+    unit: torch.Tensor | None,
+    own: torch.Tensor,
+    beta: float,
+    other_anchor: torch.Tensor,
+    n_frames: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Qwen form's DTM (:func:`dtm_merge_excluding`) of the pool rows ``members`` of ``x``: merged, sizes."""
+    joins = torch.ones(members.numel(), dtype=torch.bool, device=x.device)
+    joins[own] = False
+    rows = joins.nonzero().squeeze(1)  # [Q - m] the joining pool rows (one host sync, as boolean indexing has)
+    assign = _cosine_to(unit, pool, rows, own).argmax(-1)
+    merged, _ = _merge_joined(
+        x, members.index_select(0, rows), assign, x.index_select(0, members.index_select(0, own)), beta
+    )
+    weights = (~other_anchor.index_select(0, rows)).float() / n_frames
+    return merged, 1 + group_size(assign, own.numel(), weights)
+
+
 def dtm_merge_excluding(
     pool: torch.Tensor,
     anchors: torch.Tensor,
@@ -309,18 +395,9 @@ def dtm_merge_excluding(
     Returns:
         merged features ``[m, D]`` float32 and sizes ``[m]`` float32.
     """
-    m = anchors.numel()
     x = pool.float()
-    joins = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    joins[anchors] = False
-    if unit is None:
-        assign = cosine_matrix(x[joins], x[anchors]).argmax(-1)
-    else:  # the same, the pool normalised once
-        assign = (unit[joins] @ unit[anchors].T).argmax(-1)
-    n = group_size(assign, m)
-    w = (1 / (n + 1)).clamp_min(beta)[:, None]  # n = 0: w = 1, the anchor as it is
-    merged = w * x[anchors] + (1 - w) * group_mean(x[joins], assign, m)
-    return merged, 1 + group_size(assign, m, (~other_anchor[joins]).float() / n_frames)
+    members = torch.arange(x.shape[0], device=x.device)
+    return _dtm_excluding(x, members, x, unit, anchors, beta, other_anchor, n_frames)
 
 
 def dtm_merge(
@@ -335,16 +412,24 @@ def dtm_merge(
     Returns:
         merged features ``[m, D]`` float32 and the counts ``n`` ``[m]`` float32.
     """
-    m = anchors.numel()
     x = pool.float()
-    if unit is None:
-        assign = cosine_matrix(x, x[anchors]).argmax(-1)
-    else:  # the same, the pool normalised once
-        assign = (unit @ unit[anchors].T).argmax(-1)
-    assign[anchors] = torch.arange(m, device=x.device)
-    n = group_size(assign, m)
-    w = (1 / (n + 1)).clamp_min(beta)[:, None]
-    return w * x[anchors] + (1 - w) * group_mean(x, assign, m), n
+    return _dtm(x, torch.arange(x.shape[0], device=x.device), x, unit, anchors, beta)
+
+
+def _assemble(x: torch.Tensor, pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Plan:
+    """The plan of ``pieces`` (grid indices ``[k_i]``, features ``[k_i, D]``, sizes ``[k_i]``) in raster order.
+
+    Each piece's features are written once, straight to their sorted rows of the output (in ``x``'s dtype)."""
+    keep = torch.cat([idx for idx, _, _ in pieces])
+    order = keep.argsort()
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=order.device)
+    features = x.new_empty(order.numel(), x.shape[-1])
+    start = 0
+    for idx, feats, _ in pieces:  # 1 + (anchor frames) pieces, never one per token
+        features.index_copy_(0, position[start : start + idx.numel()], feats.to(x.dtype))
+        start += idx.numel()
+    return Plan(keep[order], features, torch.cat([size for _, _, size in pieces])[order])
 
 
 @register_policy("fastvid", stage="outer")
@@ -368,9 +453,8 @@ class FastVIDPolicy(OuterPolicy):
         device = x.device
         if budget >= n:
             return Plan(torch.arange(n, device=device))
-        frames = x.reshape(t, p, -1)
         form = cfg.form_for(video.family)
-        global_features = frames.float().mean(1)
+        global_features = primal(x).reshape(t, p, -1).float().mean(1)
         lengths = dyseg(global_features, cfg.c, cfg.tau_for(form))
         if form == "qwen":
             sim = cosine_adjacent(global_features[:, None, :]).squeeze(1)
@@ -381,49 +465,75 @@ class FastVIDPolicy(OuterPolicy):
         # salient tokens: the top-`salient[t]` of each frame by attention (stable: ties to the lower index)
         order = torch.sort(att.reshape(t, p).float(), dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(p, device=device).expand(t, p))
-        is_salient = rank < salient[:, None]
-        keep = [is_salient.flatten().nonzero().squeeze(1)]
-        feats = [x[keep[0]].float()]
-        sizes = [torch.ones(keep[0].numel(), device=device)]
+        is_salient = (rank < salient[:, None]).flatten()
+        top = is_salient.nonzero().squeeze(1)
+        pieces = [(top, x.index_select(0, top), torch.ones(top.numel(), device=device))]
+        free = (~is_salient).nonzero().squeeze(1)  # [N - salient] every frame's non-salient tokens, frame by frame
+        pieces += self._merges(x, p, form, lengths, anchors, free, (p - salient).tolist())
+        return _assemble(x, pieces)
 
-        # DTM. Python loops over the segments and their anchor frames (about T / p + segments iterations, never over
-        # tokens): segments are ragged (lengths, anchor frames, anchors per frame) and each anchor frame absorbs the
-        # whole segment on its own, so every iteration is one vectorised DPC-kNN + merge over a segment's tokens.
-        # Batching all segments at once would need a tokens x anchors matrix across segments, quadratic in T.
-        anchors_l, lengths_l = anchors.tolist(), lengths.tolist()
-        n_free = (p - salient).tolist()  # non-salient tokens per frame
-        first_free = [0, *itertools.accumulate(n_free)]  # where each frame's non-salient tokens start
+    def _centers(self, x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
+        """An anchor frame's ``count`` anchors among its non-salient grid rows ``rows`` ``[n]``: indices into ``rows``.
+
+        DPC-kNN peaks; when the frame's share covers all ``n`` tokens every token is a peak, which is
+        :func:`~tokpress.ops.dpc_knn`'s answer too (``arange(n)``) without its ``n x n`` distances."""
+        if count >= rows.numel():
+            return torch.arange(rows.numel(), device=rows.device)
+        return dpc_knn(x.index_select(0, rows), count, k=self.config.k)[0]
+
+    def _merges(
+        self,
+        x: torch.Tensor,
+        p: int,
+        form: str,
+        lengths: torch.Tensor,
+        anchors: torch.Tensor,
+        free: torch.Tensor,
+        n_free: list[int],
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """DTM of every segment: one ``(grid indices, merged features, sizes)`` per anchor frame.
+
+        ``x`` ``[T * p, D]`` the features, ``lengths`` ``[n_seg]`` the segments, ``anchors`` ``[T]`` anchors per
+        frame, ``free`` ``[N - salient]`` every frame's non-salient grid indices in order, ``n_free`` their count per
+        frame.
+
+        Python loops over the segments and their anchor frames (about T / p + segments iterations, never over
+        tokens): segments are ragged (lengths, anchor frames, anchors per frame) and each anchor frame absorbs the
+        whole segment on its own, so every iteration is one vectorised DPC-kNN + merge over a segment's tokens.
+        Batching all segments at once would need a tokens x anchors matrix across segments, quadratic in T. A
+        segment's tokens are read in place (its slice of the grid, the salient rows routed to a spare group); only
+        its pool's unit rows are gathered, once."""
+        cfg = self.config
+        anchors_l, pieces = anchors.tolist(), []
+        first_free = [0, *itertools.accumulate(n_free)]  # where each frame's non-salient tokens start in `free`
+        row_local = rows_reduce_alike(x)
         start = 0
-        for length in lengths_l:
+        for length in lengths.tolist():
             stop = start + length
             absorbing = [f for f in range(start, stop) if anchors_l[f] > 0]  # at most ceil(length / p) frames
             if absorbing:
-                pool = (~is_salient[start:stop]).flatten().nonzero().squeeze(1) + start * p  # grid indices
-                x_pool = x[pool].float()
-                # normalised once for the segment's anchor frames when there are several (each would normalise it)
-                shared = len(absorbing) > 1 and rows_reduce_alike(x_pool)
-                u_pool = unit_rows(x_pool) if shared else None
+                pool = free[first_free[start] : first_free[stop]]  # [Q] grid indices, ascending
+                members = pool - start * p  # the pool's rows in the segment's slice
+                segment = x[start * p : stop * p].float()  # a view for float32 features
+                unit = gathered_unit_rows(x, pool) if row_local else None  # [Q, D], once for all anchor frames
+                x_pool = None if row_local else x.index_select(0, pool).float()
                 centers = []
                 for f in absorbing:
                     offset = first_free[f] - first_free[start]  # the frame's first row in `pool`
-                    local = x_pool[offset : offset + n_free[f]]  # the anchor frame's non-salient tokens
-                    centers.append(dpc_knn(local, anchors_l[f], k=cfg.k)[0] + offset)
+                    centers.append(self._centers(x, pool[offset : offset + n_free[f]], anchors_l[f]) + offset)
                 if form == "qwen":  # every anchor of the segment: the joining rows that are kept tokens themselves
-                    is_anchor = torch.zeros(pool.numel(), dtype=torch.bool, device=device)
+                    is_anchor = torch.zeros(pool.numel(), dtype=torch.bool, device=x.device)
                     is_anchor[torch.cat(centers)] = True
                 for own in centers:
                     if form == "qwen":
                         other = is_anchor.clone()
                         other[own] = False
-                        merged, size = dtm_merge_excluding(x_pool, own, cfg.beta, other, len(absorbing), u_pool)
+                        merged, size = _dtm_excluding(
+                            segment, members, x_pool, unit, own, cfg.beta, other, len(absorbing)
+                        )
                     else:
-                        merged, joined = dtm_merge(x_pool, own, cfg.beta, u_pool)
+                        merged, joined = _dtm(segment, members, x_pool, unit, own, cfg.beta)
                         size = joined / len(absorbing)
-                    keep.append(pool[own])
-                    feats.append(merged)
-                    sizes.append(size)
+                    pieces.append((pool.index_select(0, own), merged, size))
             start = stop
-
-        keep = torch.cat(keep)
-        order = keep.argsort()
-        return Plan(keep[order], torch.cat(feats)[order].to(x.dtype), torch.cat(sizes)[order])
+        return pieces
