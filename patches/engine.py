@@ -62,6 +62,7 @@ class Engine:
         self.captures: dict[int, ProjectionCapture] = {}
         self.vision: VisionAttention | None = None
         self.vision_stage = _vision_stage(adapter, config, self.clock)
+        self._follow_vision = VisionKeptPolicy(PolicyConfig())  # the outer plan of a vision stage used alone
         self.runner = InnerRunner(self)
         self._handles: list = []
         self._generate = None  # the model's generate(), wrapped to refuse assisted decoding
@@ -348,7 +349,7 @@ class Engine:
             return self.outer, self.config.outer.ratio, kept
         if kept is None:
             return None, None, None
-        return VisionKeptPolicy(PolicyConfig()), self.config.vision.ratio, kept
+        return self._follow_vision, self.config.vision.ratio, kept
 
     def _logical_layout(self, chunk: Chunk, rope: torch.Tensor | None, mask: torch.Tensor):
         """Layout of the caller's tokens: video ordinals and protected positions, per sample; the videos."""

@@ -71,8 +71,8 @@ def outer_keep(
             at = span.index(embeds.device)[:n]
             contiguous = span.positions is None
             feats = embeds[b, span.start : span.start + n] if contiguous else embeds[b, at]
-            video = VideoTokens(feats, span.grid, sample=b, video=j, attention=att, family=family, vision_kept=kept)
-            video.question = None if questions is None else questions[b]
+            question = None if questions is None else questions[b]
+            video = VideoTokens(feats, span.grid, b, j, att, family, vision_kept=kept, question=question)
             plan = check_plan(policy.plan(video, k), k, n, f"outer policy {policy.name!r} on sample {b} video {j}")
             if deepstack is not None and plan.features is not None:
                 if plan.sides is None:

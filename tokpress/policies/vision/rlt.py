@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tokpress.ops import topk_sorted
 from tokpress.policies.base import PolicyConfig
 
 METRICS = ("l1", "cosine")
@@ -99,8 +100,7 @@ class RunLengthVision:
         if budget < per_frame:  # the first temporal patch alone is over budget: thin it evenly
             chosen = torch.linspace(0, per_frame - 1, budget, device=device).round().long()
         else:
-            flat = self.scores(units).flatten()
-            chosen = torch.sort(flat, descending=True, stable=True).indices[:budget]
+            chosen = topk_sorted(self.scores(units).flatten(), budget)
         keep = torch.zeros(total, dtype=torch.bool, device=device)
         keep[chosen] = True
         return Dropped(keep, repeat_source(keep.view(frames, per_frame)))
