@@ -302,14 +302,14 @@ class Engine:
             chunk.stats.kept["vision"] = [[m.nonzero().squeeze(1).tolist() for m in videos] for videos in kept]
         if has_video and outer is not None:
             attention = self.vision.take(spans, chunk.is_video) if self.vision is not None else None
-            keep, replace, plans = outer_keep(
+            keep, replace, plans, marks = outer_keep(
                 outer, ratio, emb, spans, layout, attention, self.adapter.family, deepstack, kept
             )
             index, filler = pack(keep)
             deepstack = None if deepstack is None else deepstack.select(index, filler)
             emb = shrink(emb, index, filler, replace)
             pos = gather_seq(pos, index, dim=pos.dim() - 1)
-            layout = layout.with_sizes(replace).select(index, filler)
+            layout = layout.with_sizes(replace).with_marks(marks).select(index, filler)
             layout.src = torch.arange(index.shape[1], device=emb.device).expand_as(index)
             chunk.stats.kept["outer"] = [[p.keep.tolist() for p in videos] for videos in plans]
             if self.record_plans:

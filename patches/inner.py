@@ -22,7 +22,7 @@ from tokpress.patches.attention import apply_rope, last_query_attention, questio
 from tokpress.patches.cache_arg import CACHE_KWARG, get_cache
 from tokpress.patches.deepstack import merged_side_features
 from tokpress.patches.layout import gather_seq, pack, shrink
-from tokpress.patches.plans import check_plan
+from tokpress.patches.plans import check_plan, plan_around_marks
 from tokpress.patches.session import Chunk, Segment
 from tokpress.policies.base import InnerTokens, Projections
 
@@ -88,6 +88,8 @@ class InnerRunner:
             session.segments[stage + 1] = segment
             if pruned is not None and policy.prune_earlier_kv:
                 self._prune_earlier_kv(stage, layer, pruned, pre_len, segment, chunk, past)
+            if policy.cut_kv_to_final and stage == len(engine.inner) - 1 and chunk.stats is not None and stage > 0:
+                self._cut_kv_to_final(stage, chunk, past)
         mask = segment.mask
         if policy.decode and chunk.continuing and chunk.stats is None:
             mask = self._decode_visibility(stage, layer, segment, chunk, kwargs, past)
@@ -133,10 +135,14 @@ class InnerRunner:
                     sizes=layout.size[b, cand],
                     projections=None if projections is None else projections(b, cand),
                 )
-                plan = check_plan(policy.plan(tokens, k), k, n, f"inner policy {policy.name!r} at layer {layer}")
+                marked = None if layout.marked is None else layout.marked[b, cand]
+                plan = plan_around_marks(policy.plan, tokens, k, marked)
+                plan = check_plan(plan, k, n, f"inner policy {policy.name!r} at layer {layer}")
                 if deepstack is not None and plan.features is not None:
                     if plan.sides is None:
-                        replan = lambda h, t=tokens, k=k: policy.plan(dataclasses.replace(t, hidden=h), k)  # noqa: E731
+                        replan = lambda h, t=tokens, k=k, m=marked: plan_around_marks(  # noqa: E731
+                            policy.plan, dataclasses.replace(t, hidden=h), k, m
+                        )
                         plan.sides = merged_side_features(replan, tokens.hidden, plan, deepstack.rows_of(b, cand))
                     deepstack.write(b, cand[plan.keep], plan.sides)
                 alive[cand] = False
@@ -152,6 +158,7 @@ class InnerRunner:
         chunk.layout = layout.with_sizes(replace).select(index, filler)
         chunk.deepstack = None if deepstack is None else deepstack.select(index, filler)
         chunk.layouts[stage + 1] = chunk.layout
+        chunk.indices[stage] = index
         chunk.stats.kept[f"inner{stage}"] = kept
         if engine.record_plans:
             chunk.stats.plans[f"inner{stage}"] = plans
@@ -176,6 +183,33 @@ class InnerRunner:
             cl.keys, cl.values = cl.keys.gather(2, at), cl.values.gather(2, at)
         session.segments[0] = segment
         session.dropped = True
+
+    def _cut_kv_to_final(self, last: int, chunk, past) -> None:
+        """MustDrop's output-aware cache: the layers from the first stage up to the last one (segments ``1 ..
+        last``) keep, of this chunk's tokens, only those the last stage left; their past is untouched."""
+        session, engine = chunk.session, self.engine
+        final = chunk.layout
+        index = None  # [B, L_final]: positions of the final tokens in segment s's chunk layout
+        for s in range(last, 0, -1):
+            step = chunk.indices.get(s)
+            if step is not None:
+                index = step if index is None else step.gather(1, index.to(step.device))
+            if index is None:  # no stage from s on dropped anything
+                continue
+            layers = [i for i in range(engine.stage_layers[s - 1], engine.stage_layers[s]) if i not in self.linear]
+            caches = [past.layers[i] for i in layers]
+            if not all(type(cl) is DynamicLayer for cl in caches):
+                raise InputError(
+                    "this method cuts the KV cache of the layers between its stages, which needs the default "
+                    "DynamicCache; do not pass cache_implementation='static'"
+                )
+            held = session.segments[s]
+            past_len = held.length - chunk.layouts[s].mask.shape[1]
+            for cl in caches:
+                cut = self._earlier_index(index, past_len, cl.keys.device)
+                at = cut[:, None, :, None].expand(-1, cl.keys.shape[1], -1, cl.keys.shape[3])
+                cl.keys, cl.values = cl.keys.gather(2, at), cl.values.gather(2, at)
+            session.segments[s] = held.head(past_len).extend(final)
 
     @staticmethod
     def _earlier_index(index: torch.Tensor, past_len: int, device) -> torch.Tensor:
@@ -203,7 +237,9 @@ class InnerRunner:
                 videos=session.slots[b] if session.slots else (),
                 memory=session.memory[b],
             )
-            plan = check_plan(policy.plan(tokens, k), k, n, f"decode policy {policy.name!r} at layer {layer}")
+            marked = None if segment.marked is None else segment.marked[b, cand]
+            plan = plan_around_marks(policy.plan, tokens, k, marked)
+            plan = check_plan(plan, k, n, f"decode policy {policy.name!r} at layer {layer}")
             hidden = torch.ones(n, dtype=torch.bool, device=mask.device)
             hidden[plan.keep] = False
             mask[b, cand[hidden]] = 0

@@ -7,6 +7,7 @@ sample's real tokens see exactly what they would see alone.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,8 @@ class Layout:
         filler: positions added to square up ragged samples.
         mask: padding mask (1 = real token; 0 for padding and fillers).
         size: how many original tokens each position stands for (merging policies), float32.
+        marked: video tokens an earlier stage marked as key tokens (``Plan.marks``): later stages keep them; ``None``
+            when nothing is marked.
     """
 
     src: torch.Tensor
@@ -82,6 +85,7 @@ class Layout:
     filler: torch.Tensor
     mask: torch.Tensor
     size: torch.Tensor
+    marked: torch.Tensor | None = None
 
     @property
     def droppable(self) -> torch.Tensor:
@@ -112,6 +116,7 @@ class Layout:
             filler=g(self.filler) | filler,
             mask=g(self.mask).masked_fill(filler, 0),
             size=g(self.size).masked_fill(filler, 0),
+            marked=None if self.marked is None else g(self.marked) & ~filler,
         )
 
     def with_sizes(self, replace: list) -> Layout:
@@ -122,4 +127,13 @@ class Layout:
         for b, at, _, sizes in replace:
             if sizes is not None:
                 size[b, at] = sizes.to(size.device, torch.float32)
-        return Layout(self.src, self.ordinal, self.protected, self.filler, self.mask, size)
+        return Layout(self.src, self.ordinal, self.protected, self.filler, self.mask, size, self.marked)
+
+    def with_marks(self, marks: list[tuple[int, torch.Tensor]]) -> Layout:
+        """This layout with ``(sample, positions)`` marked as key tokens (kept by every later stage)."""
+        if not marks:
+            return self
+        marked = torch.zeros_like(self.protected) if self.marked is None else self.marked.clone()
+        for b, at in marks:
+            marked[b, at.to(marked.device)] = True
+        return dataclasses.replace(self, marked=marked)

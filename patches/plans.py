@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -10,7 +11,7 @@ from tokpress.config import budget
 from tokpress.patches.base import VideoSpan
 from tokpress.patches.deepstack import Deepstack, merged_side_features
 from tokpress.patches.layout import Layout
-from tokpress.policies.base import OuterPolicy, Plan, VideoTokens
+from tokpress.policies.base import InnerTokens, OuterPolicy, Plan, VideoTokens
 
 
 def check_plan(plan: Plan, promised: int, n: int, where: str) -> Plan:
@@ -25,6 +26,8 @@ def check_plan(plan: Plan, promised: int, n: int, where: str) -> Plan:
         raise RuntimeError(f"{where}: kept indices must be sorted, distinct and in [0, {n})")
     if plan.features is not None and plan.features.shape[0] != promised:
         raise RuntimeError(f"{where}: {plan.features.shape[0]} replacement features for {promised} kept tokens")
+    if plan.marks is not None and (plan.marks.shape != keep.shape or plan.marks.dtype != torch.bool):
+        raise RuntimeError(f"{where}: marks must be a [{promised}] bool tensor over the kept tokens")
     return plan
 
 
@@ -38,7 +41,7 @@ def outer_keep(
     family: str = "",
     deepstack: Deepstack | None = None,
     vision_kept: list[list[torch.Tensor]] | None = None,
-) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]]]:
+) -> tuple[list[torch.Tensor], list[tuple], list[list[Plan]], list[tuple[int, torch.Tensor]]]:
     """Plan every video of the batch.
 
     Args:
@@ -56,9 +59,9 @@ def outer_keep(
 
     Returns:
         per-sample kept positions ``[n_b]``; merges ``(sample, positions, features [k, D], sizes [k])``; the plans
-        ``[sample][video]``.
+        ``[sample][video]``; the key tokens the plans mark, ``(sample, positions)``.
     """
-    keep, replace, plans = [], [], []
+    keep, replace, plans, marks = [], [], [], []
     questions = question_embeddings(embeds, layout) if policy.needs_question else None
     for b, found in enumerate(spans):
         alive = ~layout.filler[b]
@@ -83,13 +86,68 @@ def outer_keep(
             alive[at[plan.keep]] = True
             if plan.features is not None or plan.sizes is not None:
                 replace.append((b, at[plan.keep], plan.features, plan.sizes))
+            if plan.marks is not None:
+                marks.append((b, at[plan.keep][plan.marks.to(at.device)]))
             plans_b.append(plan)
         keep.append(alive.nonzero().squeeze(1))
         plans.append(plans_b)
-    return keep, replace, plans
+    return keep, replace, plans, marks
 
 
 def question_embeddings(embeds: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
     """Per sample, the ``[q, D]`` rows of ``embeds`` at its real tokens after its last video token."""
     after = layout.after_last_video().to(embeds.device)
     return [embeds[b, after[b]] for b in range(embeds.shape[0])]
+
+
+def plan_around_marks(
+    plan: Callable[[InnerTokens, int], Plan], tokens: InnerTokens, budget: int, marked: torch.Tensor | None
+) -> Plan:
+    """Run an inner policy's ``plan`` so that the tokens ``marked`` (``[n]`` bool, an earlier stage's
+    ``Plan.marks``) survive: they count towards ``budget`` and the policy chooses the rest of it among the unmarked
+    tokens. When the marked tokens alone reach the budget, the policy chooses ``budget`` of them.
+
+    Returns:
+        A plan over all ``n`` tokens (merged features and sizes of the policy's choice written into their rows;
+        the marked tokens unchanged).
+    """
+    if marked is None or not bool(marked.any()):
+        return plan(tokens, budget)
+    marked = marked.to(tokens.ordinals.device)
+    count = int(marked.sum())
+    if count >= budget:  # the key set alone fills the budget: the policy thins it
+        pool, fixed, share = marked.nonzero().squeeze(1), marked.new_zeros(0, dtype=torch.long), budget
+    else:
+        pool, fixed, share = (~marked).nonzero().squeeze(1), marked.nonzero().squeeze(1), budget - count
+    sub = check_plan(plan(restrict(tokens, pool), share), share, pool.numel(), "inner policy (around marked tokens)")
+    chosen = pool[sub.keep]
+    keep = torch.cat([fixed, chosen]).sort().values
+    if sub.features is None and sub.sizes is None:
+        return Plan(keep)
+    rows = torch.searchsorted(keep, chosen)
+    features = sizes = None
+    if sub.features is not None:
+        features = tokens.hidden[keep].to(sub.features.dtype).clone()
+        features[rows] = sub.features
+    if sub.sizes is not None or tokens.sizes is not None:
+        base = tokens.sizes if tokens.sizes is not None else torch.ones(tokens.ordinals.shape[0])
+        sizes = base.to(keep.device, torch.float32)[keep].clone()
+        if sub.sizes is not None:
+            sizes[rows] = sub.sizes.to(sizes.device, torch.float32)
+    return Plan(keep, features, sizes)
+
+
+def restrict(tokens: InnerTokens, rows: torch.Tensor) -> InnerTokens:
+    """``tokens`` cut down to the candidates ``rows`` ``[m]`` (sorted), every per-candidate field alike."""
+    pick = lambda t: None if t is None else t[rows.to(t.device)]  # noqa: E731
+    projections = tokens.projections
+    if projections is not None:
+        projections = dataclasses.replace(projections, candidates=pick(projections.candidates))
+    return dataclasses.replace(
+        tokens,
+        hidden=pick(tokens.hidden),
+        ordinals=pick(tokens.ordinals),
+        attention=pick(tokens.attention),
+        sizes=pick(tokens.sizes),
+        projections=projections,
+    )

@@ -23,21 +23,35 @@ class Segment:
     mask: torch.Tensor  # 1 = real token, 0 = padding or filler
     ordinal: torch.Tensor  # video ordinal, -1 for text
     droppable: torch.Tensor  # video tokens a stage may remove (not protected, not filler)
+    marked: torch.Tensor | None = None  # key tokens every stage keeps (Plan.marks); None when none are marked
 
     @classmethod
     def of(cls, layout: Layout) -> Segment:
-        return cls(layout.mask, layout.ordinal, layout.droppable)
+        return cls(layout.mask, layout.ordinal, layout.droppable, layout.marked)
 
     def extend(self, layout: Layout) -> Segment:
         """This segment with the chunk ``layout`` appended (a forward on top of the cache)."""
         cat = lambda a, b: torch.cat([a.to(b.device), b], 1)  # noqa: E731
+        marked = None
+        if self.marked is not None or layout.marked is not None:
+            mine = self.marked if self.marked is not None else torch.zeros_like(self.droppable)
+            theirs = layout.marked if layout.marked is not None else torch.zeros_like(layout.droppable)
+            marked = cat(mine, theirs)
         return Segment(
-            cat(self.mask, layout.mask), cat(self.ordinal, layout.ordinal), cat(self.droppable, layout.droppable)
+            cat(self.mask, layout.mask),
+            cat(self.ordinal, layout.ordinal),
+            cat(self.droppable, layout.droppable),
+            marked,
         )
 
     @property
     def length(self) -> int:
         return self.mask.shape[1]
+
+    def head(self, n: int) -> Segment:
+        """The first ``n`` positions of this segment (what it held before the current chunk)."""
+        marked = None if self.marked is None else self.marked[:, :n]
+        return Segment(self.mask[:, :n], self.ordinal[:, :n], self.droppable[:, :n], marked)
 
 
 #: attribute under which a KV cache carries its :class:`Session`, so that ``copy.deepcopy(cache)`` (transformers'
@@ -79,6 +93,7 @@ class Chunk:
     linear_mask: Any = None  # 2-D padding mask for linear-attention layers from the first inner stage on
     rope: dict = field(default_factory=dict)  # (segment, id(cos)) -> gathered (cos, sin)
     segment: int = 0
+    indices: dict[int, torch.Tensor] = field(default_factory=dict)  # stage -> [B, L'] gather index of its drop
     stats: Stats | None = None
     slots: list[tuple[VideoSlot, ...]] = field(default_factory=list)
     video_counts: list[int] | None = None  # per video of the batch, its tokens (adapters that ask for them)

@@ -27,7 +27,8 @@ def test_static_cache(get_model, family, method):
     inputs = batch_inputs(family)
     _apply(model, method)
     kwargs = dict(GEN, return_dict_in_generate=True, output_logits=True)
-    if model.tokpress.inner and model.tokpress.inner[0].prune_earlier_kv:
+    inner = model.tokpress.inner
+    if inner and (inner[0].prune_earlier_kv or inner[-1].cut_kv_to_final):  # both cut DynamicCache layers
         with pytest.raises(InputError, match="DynamicCache"):
             model.generate(**inputs, cache_implementation="static", **kwargs)
         return

@@ -86,6 +86,8 @@ METHOD_LINES: dict[str, str] = {
     "frames": "baseline: keeps evenly spaced whole frames",
     "holitom": "segments in time and merges by density-peak clustering; at layer 18 keeps half by attention · "
     "NeurIPS 2025",
+    "mustdrop": "merges each frame's most similar 2x2 windows and marks a key set no stage drops; dual-attention "
+    "filters at 4 layers, then cuts their KV cache to the survivors · Liu et al., 2024",
     "pdrop": "drops visual tokens stage by stage by last-instruction attention (a pyramid over depth) · "
     "Xing et al., CVPR 2025",
     "prunevid": "merges static tokens; inside, prunes by question attention and trims earlier KV cache · ACL 2025",

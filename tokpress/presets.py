@@ -58,3 +58,14 @@ register_preset(
         "layer on, PageRank over the attention removes 12.5 % of the visual tokens per layer, down to 12.5 %",
     )
 )
+register_preset(
+    Preset(
+        "mustdrop",
+        outer="mustdrop",
+        inner="mustdrop",
+        inner_ratio=0.5,
+        description="MustDrop (arXiv 2411.10803): merges the most similar 2x2 windows of each frame and marks a key "
+        "set (8 %) no later stage drops; dual-attention (global + individual) filters at 4 layers keep half of "
+        "what enters the LLM; the cache of those layers is then cut to the final set",
+    )
+)

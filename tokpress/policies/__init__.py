@@ -13,8 +13,10 @@ from tokpress.policies.inner import (  # noqa: F401
 )
 from tokpress.policies.inner import flashvid as _flashvid_inner  # noqa: F401
 from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
+from tokpress.policies.inner import mustdrop as _mustdrop_inner  # noqa: F401
 from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
 from tokpress.policies.outer import aim as _aim_outer  # noqa: F401
+from tokpress.policies.outer import mustdrop as _mustdrop_outer  # noqa: F401
 from tokpress.policies.outer import (  # noqa: F401
     divprune,
     dycoke,

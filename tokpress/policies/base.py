@@ -142,12 +142,18 @@ class Plan:
         sides: per side input of the model that has one row per token (Qwen3-VL's deepstack layers), the ``[k, D']``
             rows of the kept tokens. Policies leave it ``None``: for a merging plan the engine derives it from the
             merge itself and records it here; ``fixed`` passes recorded rows back.
+        marks: ``[k]`` bool, kept tokens that every later stage must keep (MustDrop's key set), or ``None``. The
+            marks are read-only from then on: the engine carries them through every inner stage (prefill and
+            decode) and keeps the marked tokens itself, whatever the later policy is; they count towards each
+            stage's budget, and the policy is handed the unmarked tokens with the rest of it (the marked ones with
+            the whole budget when they alone exceed it).
     """
 
     keep: torch.Tensor
     features: torch.Tensor | None = None
     sizes: torch.Tensor | None = None
     sides: list[torch.Tensor] | None = None
+    marks: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,10 @@ class InnerPolicy(ABC):
     prune_earlier_kv: ClassVar[bool] = False
     #: run at every decode step to choose which visual tokens layers >= K may attend to (DyCoke); masks only
     decode: ClassVar[bool] = False
+    #: after the last stage of a multi-stage schedule, cut the KV cache of the layers from the first stage on down to
+    #: the tokens the last stage left (MustDrop's output-aware cache): decoding then reads, at every layer from the
+    #: first stage on, only the tokens the prefill kept to the end
+    cut_kv_to_final: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config

@@ -65,12 +65,12 @@ from dataclasses import dataclass
 
 import torch
 
-from tokpress.errors import ConfigError, InputError
+from tokpress.errors import InputError
 from tokpress.ops import dpc_knn, group_mean, group_size, topk_sorted
 from tokpress.policies.base import InnerPolicy, InnerTokens, Plan, PolicyConfig, Projections
+from tokpress.policies.inner.stage_layers import check_layers, scaled_stage_layers, stage_layers
 from tokpress.registry import register_policy
 
-AUTHOR_DEPTH = 32
 #: the layers whose attention scores the authors' three stages (their outputs are pruned)
 AUTHOR_SCORE_LAYERS = (2, 6, 15)
 AUTHOR_TOKENS = 576
@@ -101,14 +101,7 @@ class SparseVLMConfig(PolicyConfig):
     ``"score"`` (``score * size``)."""
 
     def validate(self) -> None:
-        layers = self.layers
-        self.check(
-            isinstance(layers, (tuple, list))
-            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in layers)
-            and list(layers) == sorted(set(layers)),
-            f"layers must be increasing ints >= 1 (the stage layers K, e.g. (3, 7, 16)), got {layers!r}",
-        )
-        object.__setattr__(self, "layers", tuple(layers))
+        object.__setattr__(self, "layers", check_layers(self.layers, "(3, 7, 16)"))
         self.check(self.raters in RATERS, f"raters must be one of {RATERS}, got {self.raters!r}")
         self.check(isinstance(self.recycle, bool), f"recycle must be True or False, got {self.recycle!r}")
         ratio = self.recycle_ratio
@@ -128,7 +121,7 @@ class SparseVLMConfig(PolicyConfig):
 
 def scaled_layers(num_layers: int) -> list[int]:
     """The authors' stage layers on a ``num_layers`` decoder: ``round(l L / 32) + 1`` for ``l`` = 2, 6, 15."""
-    return [(2 * s * num_layers + AUTHOR_DEPTH) // (2 * AUTHOR_DEPTH) + 1 for s in AUTHOR_SCORE_LAYERS]
+    return scaled_stage_layers(AUTHOR_SCORE_LAYERS, num_layers)
 
 
 def stage_fractions(ratio: float, stages: int = 3) -> list[float]:
@@ -262,16 +255,7 @@ class SparseVLMPolicy(InnerPolicy):
     @classmethod
     def schedule(cls, config: PolicyConfig, num_layers: int, layer: int, ratio: float) -> list[tuple[int, float]]:
         cfg = config if isinstance(config, SparseVLMConfig) else SparseVLMConfig()
-        if cfg.layers:
-            layers = list(cfg.layers)
-            if layers[-1] >= num_layers:
-                raise ConfigError(
-                    f"sparsevlm layers {layers} must lie in [1, {num_layers - 1}] for a {num_layers}-layer decoder; "
-                    "pass smaller layers=(...)"
-                )
-        else:
-            base = scaled_layers(num_layers)
-            layers = [min(k + layer - base[0], num_layers - 1) for k in base]
+        layers = stage_layers("sparsevlm", cfg.layers, AUTHOR_SCORE_LAYERS, num_layers, layer)
         left: dict[int, float] = {}
         for k, fraction in zip(layers, stage_fractions(ratio, len(layers))):
             left[k] = fraction  # stages that meet at one layer: the later one's fraction
