@@ -36,6 +36,7 @@ class InnerRunner:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.decode_stages = [s for s, p in enumerate(engine.inner) if p.decode]
+        self.last_prefill = max((s for s, p in enumerate(engine.inner) if not p.decode), default=-1)
         self.linear = set(engine.adapter.linear_layers())
 
     def stage_of(self, layer: int) -> int:
@@ -88,7 +89,7 @@ class InnerRunner:
             session.segments[stage + 1] = segment
             if pruned is not None and policy.prune_earlier_kv:
                 self._prune_earlier_kv(stage, layer, pruned, pre_len, segment, chunk, past)
-            if policy.cut_kv_to_final and stage == len(engine.inner) - 1 and chunk.stats is not None and stage > 0:
+            if policy.cut_kv_to_final and stage == self.last_prefill and chunk.stats is not None and stage > 0:
                 self._cut_kv_to_final(stage, chunk, past)
         mask = segment.mask
         if policy.decode and chunk.continuing and chunk.stats is None:

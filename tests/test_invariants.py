@@ -45,11 +45,12 @@ METHODS = {
     "aim_inner": dict(inner="aim", inner_layer=1),
     "mustdrop": dict(method="mustdrop"),
     "mustdrop_outer+fastv": dict(outer="mustdrop", inner="fastv", inner_layer=1, inner_ratio=0.5),
+    "mustdrop_decode": dict(method="mustdrop", inner_options={"layers": (1, 2), "decode": True}),
 }
 # decode-time visibility (DyCoke) and KV cuts after the prefill (PruneVid, MustDrop) change what tokens after the
 # prompt see, by design: a no-cache recompute cannot match them. Their outer stage is still checked; the rest is
 # pinned against eager attention weights and cache lengths in test_engine_features.py and test_mustdrop.py.
-CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid", "mustdrop"}
+CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid", "mustdrop", "mustdrop_decode"}
 RATIO = 0.25
 # the MoE variants share their dense family's adapter and layout: a merging outer, an inner and a two-stage method
 MOE_METHODS = ("holitom", "fastv", "uniform+fastv", "flashvid")
@@ -168,8 +169,9 @@ def test_promised_lengths(get_model, family, attn, method):
         linear = layer in model.tokpress.adapter.linear_layers()
         if cfg.inner and model.tokpress.inner[0].prune_earlier_kv and not linear:  # a recurrent state keeps all
             segment = max(segment, 1)
-        if cfg.inner and model.tokpress.inner[-1].cut_kv_to_final and segment >= 1 and not linear:
-            segment = len(cfg.inner)  # the layers from the first stage on hold the last stage's tokens
+        cutting = [s for s, p in enumerate(model.tokpress.inner) if p.cut_kv_to_final]
+        if cutting and segment >= 1 and not linear:  # the layers from the first stage on hold the last prefill's
+            segment = max(segment, cutting[-1] + 1)
         pad = [width - r for r in real]
         expect_len = max(p + s for p, s in zip(pad, seq_per_segment[segment])) + NEW_TOKENS - 1
         cache_layer = out.past_key_values.layers[layer]

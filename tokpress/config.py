@@ -224,6 +224,15 @@ def build_config(
                 f"[1, {num_layers - 1}] — choose another inner_layer"
             )
         inner_stages = tuple(InnerStage(inner, k, float(r), options_obj) for k, r in schedule)
+        follow = policy_cls.decode_stage(options_obj, num_layers, schedule)
+        if follow is not None:  # a decode-time stage after the prefill stages (MustDrop's output-aware decoding)
+            name, k, r, follow_options = follow
+            if not get_policy("inner", name).decode or not layers[-1] < k < num_layers:
+                raise ConfigError(
+                    f"inner policy {inner!r} asks for a decode stage {name!r} at layer {k}: it must be a decode-time "
+                    f"policy at a layer in [{layers[-1] + 1}, {num_layers - 1}] — choose an earlier schedule"
+                )
+            inner_stages += (InnerStage(name, k, float(r), _make_options("inner", name, follow_options)),)
     return TokpressConfig(
         method=method, outer=outer_stage, inner=inner_stages, num_layers=num_layers, vision=vision_stage
     )

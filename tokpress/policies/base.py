@@ -230,6 +230,16 @@ class InnerPolicy(ABC):
         tokens entering that stage. Default: one stage at ``layer``. Multi-stage methods (PyramidDrop) override."""
         return [(layer, ratio)]
 
+    @classmethod
+    def decode_stage(
+        cls, config: PolicyConfig, num_layers: int, schedule: list[tuple[int, float]]
+    ) -> tuple[str, int, float, dict] | None:
+        """A decode-time stage to run after this policy's prefill stages (``schedule``, from :meth:`schedule`), as
+        ``(inner policy name, layer, ratio, options)`` — the policy must have ``decode`` set and the layer must lie
+        above the last scheduled one — or ``None`` (the default). MustDrop's output-aware decoding hands over to
+        DyCoke's decode-time selection this way."""
+        return None
+
     @abstractmethod
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
         """Return a plan keeping exactly ``budget`` of the ``n`` tokens (1 <= budget <= n)."""

@@ -14,7 +14,11 @@ Algorithm:
 2. *Output-aware cache* (decode). After the prefill, the KV cache of every layer from the first filter on is cut to
    the tokens the last filter left (``cut_kv_to_final``): every token generated afterwards reads, from those
    layers, only the visual tokens that survived the whole prefill, as in the authors' code (which rebuilds the cache
-   of the layers between its first and last pruning layer from the final indices).
+   of the layers between its first and last pruning layer from the final indices). The paper describes the decode
+   stage as pruning the visual cache entries the generated tokens stop attending to; ``decode=True`` adds that as
+   a decode-time stage (DyCoke's selection, :mod:`tokpress.policies.inner.dycoke`, via ``decode_stage``): at every
+   decode step the layers above the last filter see only the visual tokens the new token attends to most. It is
+   off by default because the authors' released code does not run it.
 
 Layers: the authors filter with the attention of layers 2, 6, 10 and 14 of LLaMA's 32 and prune those layers'
 output, which is tokpress's stages at K = 3, 7, 11, 15 (a stage at K reads layer K - 1). Other depths scale the
@@ -66,9 +70,22 @@ class MustDropInnerConfig(PolicyConfig):
     (the authors' TextVQA setting)."""
     individual_thr: float = 0.001
     """Attention below which a token's largest single-row attention is small (the authors' TextVQA setting)."""
+    decode: bool = False
+    """False (the authors' released form): no decode-time selection. True: also run DyCoke's decode-time selection
+    after the prefill — at every decode step, layers from ``decode_layer`` on attend only to the cached visual tokens
+    the new token attends to most, one more step of the filters' schedule (the share each filter keeps); the
+    selection is renewed when the new token's attention drifts, and the key set always stays visible."""
+    decode_layer: int | None = None
+    """Layer of that decode-time stage (it reads the layer below); default: one above the last prefill stage."""
 
     def validate(self) -> None:
         object.__setattr__(self, "layers", check_layers(self.layers, "(3, 7, 11, 15)"))
+        self.check(isinstance(self.decode, bool), f"decode must be True or False, got {self.decode!r}")
+        layer = self.decode_layer
+        self.check(
+            layer is None or (isinstance(layer, int) and not isinstance(layer, bool) and layer >= 1),
+            f"decode_layer must be None or an int >= 1, got {layer!r}",
+        )
         for name in ("global_thr", "individual_thr"):
             value = getattr(self, name)
             self.check(
@@ -111,6 +128,18 @@ class MustDropInnerPolicy(InnerPolicy):
         layers = sorted(set(stage_layers("mustdrop", cfg.layers, AUTHOR_SCORE_LAYERS, num_layers, layer)))
         step = ratio ** (1.0 / len(layers))
         return [(k, step) for k in layers]
+
+    @classmethod
+    def decode_stage(
+        cls, config: PolicyConfig, num_layers: int, schedule: list[tuple[int, float]]
+    ) -> tuple[str, int, float, dict] | None:
+        """With ``decode=True``: DyCoke's decode-time selection one layer above the last filter (or at
+        ``decode_layer``), keeping the filters' per-stage share of the cached visual tokens visible."""
+        if not isinstance(config, MustDropInnerConfig) or not config.decode:
+            return None
+        last_layer, step = schedule[-1]
+        layer = config.decode_layer if config.decode_layer is not None else last_layer + 1
+        return "dycoke", layer, step, {}
 
     def plan(self, tokens: InnerTokens, budget: int) -> Plan:
         p = tokens.projections
