@@ -98,7 +98,7 @@ class Engine:
         if self.vision_stage is not None:
             self.vision_stage.install()
         if self.outer is not None and self.outer.needs_vision_attention:
-            self.vision = VisionAttention(a, self.outer.vision_attention)
+            self.vision = VisionAttention(a, self.outer.vision_attention, self.outer.vision_attention_layers)
             self.vision.install()
 
     def remove(self) -> None:

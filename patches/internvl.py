@@ -48,12 +48,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from tokpress.errors import UnsupportedModelError
 from tokpress.patches.base import Adapter, VideoSpan, runs
+from tokpress.patches.vision import LayerSum, scored_layers, single_layer
 from tokpress.policies.base import Grid
 
 #: fewest tokens of a frame gap: a separator, at least one label token, the label's last token
@@ -154,27 +156,45 @@ class InternVLAdapter(Adapter):
         folded = self.base.pixel_shuffle(scores.reshape(tiles, side, side, 1), self.model.config.downsample_ratio)
         return folded.sum(-1).flatten()
 
-    def install_vision_capture(self, active: Callable[[], bool], sink: Callable, score: Callable) -> list:
+    def vision_attention_depth(self) -> int:
+        """InternViT layers up to and including the one whose output the model reads."""
+        layers = self.base.vision_tower.encoder.layer
+        return _feature_layer(self.model.config) % len(layers) + 1
+
+    def install_vision_capture(
+        self, active: Callable[[], bool], sink: Callable, score: Callable, span: Callable = single_layer
+    ) -> list:
         """Hooks on the feature layer's (identity or RMS) q / k norms, whose outputs are the projected queries and
-        keys the layer attends with. Passes ``sink`` ``[tiles * s * s]`` per encoding call (images too)."""
-        attn = self.base.vision_tower.encoder.layer[_feature_layer(self.model.config)].attention
+        keys the layer attends with (and on the ``span(depth) - 1`` layers before it; their scores are summed).
+        ``cls`` reads the real [CLS] row: InternViT prepends a [CLS] token to every tile. Passes ``sink``
+        ``[tiles * s * s]`` per encoding call (images too)."""
+        encoder_layers = self.base.vision_tower.encoder.layer
+        feature = _feature_layer(self.model.config) % len(encoder_layers)
+        layers = scored_layers(feature, span(feature + 1))
+        total = LayerSum(layers)
         state: dict = {}
 
-        def on_q(module, args, out):
+        def on_q(i, module, args, out):
             if active():
-                state["q"] = out
+                state[i] = out
 
-        def on_k(module, args, out):
+        def on_k(i, attn, module, args, out):
             if not active():
                 return
             tiles, n, _ = out.shape  # [tiles, 1 + S * S, H * d]
-            q = state.pop("q").reshape(tiles * n, attn.num_heads, -1)
+            q = state.pop(i).reshape(tiles * n, attn.num_heads, -1)
             k = out.reshape(tiles * n, attn.num_heads, -1)
             groups = torch.arange(tiles, device=out.device).repeat_interleave(n)
-            scores = score(q, k, groups, attn.scale).view(tiles, n)[:, 1:]  # the CLS token is dropped
-            sink(self.fold(scores))
+            scores = total.add(i, score(q, k, groups, attn.scale))
+            if scores is not None:
+                sink(self.fold(scores.view(tiles, n)[:, 1:]))  # the CLS token is dropped
 
-        return [attn.q_norm.register_forward_hook(on_q), attn.k_norm.register_forward_hook(on_k)]
+        handles = []
+        for i in layers:
+            attn = encoder_layers[i].attention
+            handles.append(attn.q_norm.register_forward_hook(partial(on_q, i)))
+            handles.append(attn.k_norm.register_forward_hook(partial(on_k, i, attn)))
+        return handles
 
     # ---- videos -----------------------------------------------------------------------------------------------
     def find_videos(

@@ -14,12 +14,14 @@ averaged).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
 
 from tokpress.errors import UnsupportedModelError
 from tokpress.patches.base import Adapter, VideoSpan, runs
+from tokpress.patches.vision import LayerSum, scored_layers, single_layer, without_cls
 from tokpress.policies.base import Grid
 
 #: ``spatial_pool_mode`` values the model accepts.
@@ -102,38 +104,58 @@ class LlavaNextVideoAdapter(Adapter):
             return nn.functional.max_pool2d(scores, kernel_size=stride, stride=stride)
         return nn.functional.avg_pool2d(scores, kernel_size=stride, stride=stride)
 
-    def install_vision_capture(self, active: Callable[[], bool], sink: Callable, score: Callable) -> list:
-        """Hooks on the CLIP layer whose output the model reads: per frame the attention each patch receives
-        (``score`` over the frame's whole sequence, CLS included as the layer computes it), the CLS column then
-        dropped as the ``"default"`` feature strategy drops it, and the ``S x S`` map pooled to the LLM's
-        ``s x s`` grid the way the model pools features. Passes ``sink`` ``[videos * frames * s * s]``.
+    def vision_attention_depth(self) -> int:
+        """CLIP layers up to and including the one whose output the model reads."""
+        layers = _tower_layers(self.base.vision_tower)
+        return _feature_layer(self.model.config, len(layers)) + 1
+
+    def install_vision_capture(
+        self, active: Callable[[], bool], sink: Callable, score: Callable, span: Callable = single_layer
+    ) -> list:
+        """Hooks on the CLIP layer whose output the model reads (and the ``span(depth) - 1`` layers before it): per
+        frame the attention each patch receives (``score`` over the frame's whole sequence, CLS included as the
+        layer computes it; ``cls`` reads the real [CLS] row, position 0, when the tower has one — CLIP — and the
+        mean query otherwise), summed over the scored layers, the CLS column then dropped as the ``"default"``
+        feature strategy drops it, and the ``S x S`` map pooled to the LLM's ``s x s`` grid the way the model pools
+        features. Passes ``sink`` ``[videos * frames * s * s]``.
 
         The layer and strategy are read from the config (a ``vision_feature_layer=`` passed to ``forward`` is not
         seen); when the model concatenates several feature layers, the last one listed is scored."""
         config = self.model.config
-        layers = _tower_layers(self.base.vision_tower)
-        attn = layers[_feature_layer(config, len(layers))].self_attn
+        tower_layers = _tower_layers(self.base.vision_tower)
+        feature = _feature_layer(config, len(tower_layers))
+        layers = scored_layers(feature, span(feature + 1))
+        total = LayerSum(layers)
         drop_cls = config.vision_feature_select_strategy == "default"
         side = self.patch_side
         state: dict = {}
 
-        def on_q(module, args, out):
+        def on_q(i, module, args, out):
             if active():
-                state["q"] = out
+                state[i] = out
 
-        def on_k(module, args, out):
+        def on_k(i, attn, module, args, out):
             if not active():
                 return
             frames, n, _ = out.shape  # [videos * frames, 1 + S * S, D]
-            q = state.pop("q").reshape(frames * n, attn.num_heads, -1)
+            q = state.pop(i).reshape(frames * n, attn.num_heads, -1)
             k = out.reshape(frames * n, attn.num_heads, -1)
             groups = torch.arange(frames, device=out.device).repeat_interleave(n)
-            scores = score(q, k, groups, attn.scale).view(frames, n)
+            fn = score if n == side * side + 1 else without_cls(score)  # a [CLS] token leads each frame
+            scores = total.add(i, fn(q, k, groups, attn.scale))
+            if scores is None:
+                return
+            scores = scores.view(frames, n)
             if drop_cls:
                 scores = scores[:, 1:]
             sink(self._pool(scores.reshape(frames, 1, side, side)).flatten())
 
-        return [attn.q_proj.register_forward_hook(on_q), attn.k_proj.register_forward_hook(on_k)]
+        handles = []
+        for i in layers:
+            attn = tower_layers[i].self_attn
+            handles.append(attn.q_proj.register_forward_hook(partial(on_q, i)))
+            handles.append(attn.k_proj.register_forward_hook(partial(on_k, i, attn)))
+        return handles
 
     def find_videos(self, is_video: torch.Tensor, rope: torch.Tensor | None) -> list[VideoSpan]:
         side = self.frame_side

@@ -11,11 +11,13 @@ them at LLaVA-OV's ``-1``); the output grid is restored there, before the projec
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
 from tokpress.errors import UnsupportedModelError
 from tokpress.patches.base import Adapter, VideoSpan, runs
+from tokpress.patches.vision import LayerSum, scored_layers, single_layer, without_cls
 from tokpress.patches.vision_stage import VisionSite
 from tokpress.policies.base import Grid
 from tokpress.policies.vision.merge import unmerge
@@ -32,25 +34,38 @@ class LlavaOnevisionAdapter(Adapter):
         vision = self.model.config.vision_config
         return math.ceil((vision.image_size // vision.patch_size) / 2)
 
-    def install_vision_capture(self, active, sink, score) -> list:
-        """Hooks on the SigLIP layer whose output LLaVA uses: per frame the attention its patches receive
-        (``score``), pooled to the LLM grid with the model's own bilinear pooling."""
-        layer_index = self.model.config.vision_feature_layer
-        layer_index = layer_index[-1] if isinstance(layer_index, (list, tuple)) else layer_index
-        layers = self._encoder_layers()
-        attn = layers[layer_index if layer_index < 0 else layer_index - 1].self_attn
+    def vision_attention_depth(self) -> int:
+        """SigLIP layers up to and including the one whose output LLaVA uses."""
+        return self._feature_layer() + 1
+
+    def _feature_layer(self) -> int:
+        """Index into the encoder layers of the one ``vision_feature_layer`` names (the last one listed):
+        ``hidden_states[i]`` is the output of layer ``i - 1``."""
+        index = self.model.config.vision_feature_layer
+        index = index[-1] if isinstance(index, (list, tuple)) else index
+        return index % (len(self._encoder_layers()) + 1) - 1
+
+    def install_vision_capture(self, active, sink, score, span=single_layer) -> list:
+        """Hooks on the SigLIP layer whose output LLaVA uses (and the ``span(depth) - 1`` layers before it): per frame
+        the attention its patches receive (``score``; the mean query for ``cls``: SigLIP has no [CLS] token), summed
+        over the scored layers, pooled to the LLM grid with the model's own bilinear pooling. Under a merging vision
+        stage each layer scores the patch copies of the tokens it runs on."""
+        feature = self._feature_layer()
+        layers = scored_layers(feature, span(feature + 1))
+        total = LayerSum(layers)
+        score = without_cls(score)
         vision = self.model.config.vision_config
         side = vision.image_size // vision.patch_size
         state: dict = {}
 
-        def on_q(module, args, out):
+        def on_q(i, module, args, out):
             if active():
-                state["q"] = out
+                state[i] = out
 
-        def on_k(module, args, out):
+        def on_k(i, attn, module, args, out):
             if not active():
                 return
-            q = state.pop("q")
+            q = state.pop(i)
             source = self.vision_source() if self.vision_source is not None else None
             if source is not None:  # a vision stage merged this layer's tokens: score every patch's copy
                 q, out = unmerge(q, source), unmerge(out, source)
@@ -58,11 +73,20 @@ class LlavaOnevisionAdapter(Adapter):
             q = q.reshape(frames * n, attn.num_heads, -1)
             k = out.reshape(frames * n, attn.num_heads, -1)
             groups = torch.arange(frames, device=out.device).repeat_interleave(n)
-            scores = score(q, k, groups, attn.scale).view(frames, 1, side, side)
-            pooled = torch.nn.functional.interpolate(scores, size=[self.frame_side] * 2, mode="bilinear")
+            scores = total.add(i, score(q, k, groups, attn.scale))
+            if scores is None:
+                return
+            pooled = torch.nn.functional.interpolate(
+                scores.view(frames, 1, side, side), size=[self.frame_side] * 2, mode="bilinear"
+            )
             sink(pooled.flatten())
 
-        return [attn.q_proj.register_forward_hook(on_q), attn.k_proj.register_forward_hook(on_k)]
+        handles = []
+        for i in layers:
+            attn = self._encoder_layers()[i].self_attn
+            handles.append(attn.q_proj.register_forward_hook(partial(on_q, i)))
+            handles.append(attn.k_proj.register_forward_hook(partial(on_k, i, attn)))
+        return handles
 
     def _encoder_layers(self) -> torch.nn.ModuleList:
         tower = self.base.vision_tower

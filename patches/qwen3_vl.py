@@ -22,7 +22,8 @@ from collections import deque
 import torch
 
 from tokpress.patches.base import Adapter, VideoSpan, runs
-from tokpress.patches.qwen2_vl import qwen_vision_capture, qwen_vision_stage_site
+from tokpress.patches.qwen2_vl import qwen_vision_capture, qwen_vision_depth, qwen_vision_stage_site
+from tokpress.patches.vision import single_layer
 from tokpress.patches.vision_drop import PatchSequenceSite
 from tokpress.policies.base import Grid
 
@@ -41,8 +42,11 @@ class Qwen3VLAdapter(Adapter):
     def deepstack_layers(self) -> int:
         return len(getattr(self.model.config.vision_config, "deepstack_visual_indexes", None) or ())
 
-    def install_vision_capture(self, active, sink, score) -> list:
-        return qwen_vision_capture(self, active, sink, score)
+    def install_vision_capture(self, active, sink, score, span=single_layer) -> list:
+        return qwen_vision_capture(self, active, sink, score, span)
+
+    def vision_attention_depth(self) -> int:
+        return qwen_vision_depth(self)
 
     def vision_stage_site(self) -> PatchSequenceSite:
         """Drop 2x2 patch groups before the ViT (``vision="rlt"``); deepstack features follow the kept groups."""

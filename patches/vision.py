@@ -1,21 +1,29 @@
-"""Vision-encoder attention for outer policies that rank tokens by it (HoliTom, FastVID, VisionZip).
+"""Vision-encoder attention for outer policies that rank tokens by it (HoliTom, FastVID, VisionZip, VTC-CLS).
 
 Nothing is switched to eager attention. While the model encodes *videos* (``get_video_features`` — or
 ``get_image_features`` for InternVL, whose frames are image tiles — is wrapped with ``functools.wraps``, so 5.23
-``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and key projections of one
-vision block; the adapter turns them into the attention each LLM video token receives
-within its attention group (a frame or temporal patch), averaged over heads: either the mean-query proxy FastVID
-uses for Qwen2.5-VL, ``softmax(mean_i(q_i) . k_j / sqrt(d))`` — O(n d) — or the full map averaged over queries,
-``mean_i softmax(q_i . k_j / sqrt(d))``, as HoliTom and VisionZip define it — O(n^2 d), computed frame by frame.
-A policy picks with its ``vision_attention`` class attribute.
+``generate()`` still sees its signature — pitfall P8), forward hooks keep the query and key projections of vision
+blocks; the adapter turns them into the attention each LLM video token receives within its attention group (a frame
+or temporal patch), averaged over heads: either the mean-query proxy FastVID uses for Qwen2.5-VL,
+``softmax(mean_i(q_i) . k_j / sqrt(d))`` — O(n d) —, the full map averaged over queries,
+``mean_i softmax(q_i . k_j / sqrt(d))``, as HoliTom and VisionZip define it — O(n^2 d), computed frame by frame —,
+or the [CLS] row ``softmax(q_cls . k_j / sqrt(d))`` (VTC-CLS; towers without a [CLS] token use the mean query
+instead). A policy picks with its ``vision_attention`` class attribute.
+
+**Layers.** By default one block is scored: the one whose output the LLM reads (the *feature layer*). A policy whose
+``vision_attention_layers(depth)`` returns ``k`` gets the sum over the feature layer and the ``k - 1`` blocks before
+it (:func:`scored_layers`), each scored as above; the adapters add the per-patch scores of the layers and pool them
+to LLM tokens once (sum first, then the model's pooling).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
+from tokpress.errors import ConfigError
 from tokpress.patches.base import Adapter, VideoSpan
 from tokpress.patches.wrapping import unwrap_call, wrap_call
 
@@ -37,8 +45,31 @@ def mean_query_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor,
     num = int(groups[-1]) + 1
     count = torch.zeros(num, device=q.device).index_add_(0, groups, torch.ones_like(groups, dtype=torch.float))
     q_mean = torch.zeros(num, *q.shape[1:], device=q.device).index_add_(0, groups, q) / count[:, None, None]
-    logits = (q_mean[groups] * k).sum(-1) * scale  # [n, H]
-    top = torch.full((num, logits.shape[1]), float("-inf"), device=q.device)
+    return _group_softmax(q_mean, k, groups, scale)
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention each key receives from the first row of its group — the [CLS] token of a CLIP / InternViT frame or
+    tile — averaged over heads (the CLS column itself included in the softmax, as the layer computes it).
+
+    Same arguments and result as :func:`mean_query_attention`; O(n d). Only for towers whose every group starts with
+    a [CLS] token; adapters of towers without one pass :func:`without_cls` of the score.
+    """
+    q, k = q.float(), k.float()
+    counts = torch.bincount(groups)
+    first = torch.cumsum(counts, 0) - counts  # [num] row of each group's first token
+    return _group_softmax(q[first], k, groups, scale)
+
+
+def _group_softmax(queries: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, scale: float) -> torch.Tensor:
+    """``[n]``: ``softmax_j(queries[g] . k_j * scale)`` over the keys ``j`` of each group ``g``, mean over heads.
+
+    Args:
+        queries: ``[num, H, d]`` float32, one query per group.
+        k: ``[n, H, d]`` float32 keys; groups: ``[n]`` non-decreasing group of each key.
+    """
+    logits = (queries[groups] * k).sum(-1) * scale  # [n, H]
+    top = torch.full((queries.shape[0], logits.shape[1]), float("-inf"), device=k.device)
     top = top.scatter_reduce(0, groups[:, None].expand_as(logits), logits, "amax")
     e = (logits - top[groups]).exp()
     total = torch.zeros_like(top).index_add_(0, groups, e)
@@ -61,17 +92,63 @@ def mean_attention(q: torch.Tensor, k: torch.Tensor, groups: torch.Tensor, scale
     return out
 
 
-#: how the vision attention each token receives is computed: ``mean_query`` (FastVID, O(n d)) or ``full``
-#: (the average of the whole attention map over queries, as HoliTom and VisionZip define it, O(n^2 d))
-VISION_ATTENTION = {"mean_query": mean_query_attention, "full": mean_attention}
+#: how the vision attention each token receives is computed: ``mean_query`` (FastVID, O(n d)), ``full`` (the
+#: average of the whole attention map over queries, as HoliTom and VisionZip define it, O(n^2 d)) or ``cls`` (the
+#: [CLS] query's row, VTC-CLS, O(n d); the mean query on towers without a [CLS] token)
+VISION_ATTENTION = {"mean_query": mean_query_attention, "full": mean_attention, "cls": cls_attention}
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def without_cls(score: ScoreFn) -> ScoreFn:
+    """The score for a tower with no [CLS] token: :func:`mean_query_attention` in place of :func:`cls_attention`
+    (the closest summary query such a tower has: the frame's mean query), any other score unchanged."""
+    return mean_query_attention if score is cls_attention else score
+
+
+def single_layer(depth: int) -> int:
+    """The default layer span: the feature layer alone."""
+    return 1
+
+
+def scored_layers(feature: int, count: int) -> list[int]:
+    """Indices of the ``count`` encoder blocks ending at block ``feature`` (ascending)."""
+    return list(range(feature - count + 1, feature + 1))
+
+
+class LayerSum:
+    """Adds per-row scores over the scored blocks of one encoder call; the sum comes out at the last block.
+
+    Blocks run in index order within one call; the first scored block starts a new sum. With one block the scores
+    pass through unchanged (no addition), so the single-layer path is bit-identical to scoring that block alone.
+    """
+
+    def __init__(self, layers: list[int]) -> None:
+        self.first, self.last = layers[0], layers[-1]
+        self.total: torch.Tensor | None = None
+
+    def add(self, layer: int, values: torch.Tensor) -> torch.Tensor | None:
+        """Add block ``layer``'s ``values``; return the sum when ``layer`` is the last scored block, else ``None``."""
+        if layer == self.first or self.total is None or self.total.shape != values.shape:
+            self.total = values
+        else:
+            self.total = self.total + values
+        if layer != self.last:
+            return None
+        out, self.total = self.total, None
+        return out
 
 
 class VisionAttention:
     """Collects the vision attention of each video the model encodes, for the outer stage to hand to its policy."""
 
-    def __init__(self, adapter: Adapter, mode: str = "mean_query") -> None:
+    def __init__(
+        self, adapter: Adapter, mode: str = "mean_query", layers: Callable[[int], int | None] | None = None
+    ) -> None:
+        """``layers``: the policy's ``vision_attention_layers`` (``None``: the feature layer alone)."""
         self.adapter = adapter
         self.score = VISION_ATTENTION[mode]
+        self.layers = layers
         self.active = False
         self.collected: list[torch.Tensor] = []
         self._handles: list = []
@@ -84,10 +161,15 @@ class VisionAttention:
         return f"get_{self.adapter.frames_modality}_features"
 
     def install(self) -> None:
+        capture = self.adapter.install_vision_capture
+        args = (lambda: self.active, lambda t: self.collected.append(t), self.score)
+        handles = capture(*args) if self.layers is None else capture(*args, span=self.span)
         self._wrapper = wrap_call(self.adapter.base, self.encoder_name, self._start, self._end)
-        self._handles = self.adapter.install_vision_capture(
-            lambda: self.active, lambda t: self.collected.append(t), self.score
-        )
+        self._handles = handles
+
+    def span(self, depth: int) -> int:
+        """How many blocks, ending at the feature layer, to sum (:func:`layer_span`)."""
+        return layer_span(self.layers, depth)
 
     def _start(self) -> None:
         self.active = True
@@ -109,6 +191,28 @@ class VisionAttention:
         (:func:`split_per_video`)."""
         collected, self.collected = self.collected, []
         return split_per_video(collected, spans, placeholders, self.adapter.frames_modality == "image")
+
+
+def layer_span(layers: Callable[[int], int | None] | None, depth: int) -> int:
+    """``layers(depth)`` (a policy's ``vision_attention_layers``; ``None`` -> 1) for an encoder of ``depth`` blocks
+    up to and including the feature layer; :class:`ConfigError` when it is not an int in ``1 .. depth``."""
+    count = layers(depth) if layers is not None else None
+    count = 1 if count is None else count
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= depth:
+        raise ConfigError(
+            f"the outer policy asked for vision attention summed over {count!r} encoder layers, but this vision "
+            f"encoder has {depth} layers up to the one the LLM reads; choose a start layer in 0..{depth - 1}"
+        )
+    return count
+
+
+def check_layers(adapter: Adapter, layers: Callable[[int], int | None] | None) -> None:
+    """Raise :class:`ConfigError` before anything is installed when ``layers`` (a policy's
+    ``vision_attention_layers``) asks for more encoder layers than ``adapter``'s encoder has up to its feature layer
+    (adapters without ``vision_attention_depth`` score one layer and are not checked)."""
+    depth = getattr(adapter, "vision_attention_depth", None)
+    if layers is not None and depth is not None:
+        layer_span(layers, depth())
 
 
 def split_per_video(

@@ -31,6 +31,7 @@ METHODS = {
     "vidcom2": dict(outer="vidcom2"),
     "scissor": dict(outer="scissor"),
     "framebudget": dict(outer="framebudget", fill="evs"),
+    "vtccls": dict(outer="vtccls"),
     "fastv": dict(inner="fastv", inner_layer=2),
     "pdrop": dict(inner="pdrop", inner_layer=1),
     "sparsevlm": dict(inner="sparsevlm"),

@@ -90,6 +90,7 @@ def apply(
         model.tokpress.last.summary()
     """
     from tokpress.patches.engine import Engine
+    from tokpress.patches.vision import check_layers as check_vision_layers
 
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
@@ -132,6 +133,8 @@ def apply(
             f"outer policy {cfg.outer.policy!r} needs vision-encoder attention, which the "
             f"{adapter.family} adapter cannot supply; choose a policy that does not need it"
         )
+    if engine.outer is not None and engine.outer.needs_vision_attention:
+        check_vision_layers(adapter, engine.outer.vision_attention_layers)
     remove(model)
     engine.install()
     model.tokpress = engine

@@ -99,6 +99,8 @@ METHOD_LINES: dict[str, str] = {
     "Hyun et al., ICCV 2025",
     "uniform": "baseline: evenly spaced tokens in every frame",
     "vidcom2": "keeps each frame's most unique tokens, more for frames unlike the video · Liu et al., EMNLP 2025",
+    "vtccls": "keeps the tokens the vision encoder's [CLS] token attends to most, summed over its last layers "
+    "(mean query where the tower has no [CLS]) · Wang et al., 2024",
     "visionzip": "per frame keeps the tokens the vision encoder attends to most + merged context tokens · "
     "Yang et al., CVPR 2025",
 }

@@ -16,7 +16,6 @@ from tokpress.policies.inner import holitom as _holitom_inner  # noqa: F401
 from tokpress.policies.inner import mustdrop as _mustdrop_inner  # noqa: F401
 from tokpress.policies.inner import prunevid as _prunevid_inner  # noqa: F401
 from tokpress.policies.outer import aim as _aim_outer  # noqa: F401
-from tokpress.policies.outer import mustdrop as _mustdrop_outer  # noqa: F401
 from tokpress.policies.outer import (  # noqa: F401
     divprune,
     dycoke,
@@ -32,4 +31,6 @@ from tokpress.policies.outer import (  # noqa: F401
     uniform,
     vidcom2,
     visionzip,
+    vtccls,
 )
+from tokpress.policies.outer import mustdrop as _mustdrop_outer  # noqa: F401

@@ -53,9 +53,10 @@ class VideoTokens:
         grid: the token grid.
         sample: index of the sample in the batch.
         video: index of the video within its sample.
-        attention: ``[N]`` attention each token receives in the vision encoder's last block within its frame (mean
-            over heads; over queries as the policy's ``vision_attention`` says; summed over the patches merged into
-            the token), float32; given only to policies with ``needs_vision_attention``.
+        attention: ``[N]`` attention each token receives in the vision encoder's feature layer (summed over the layers
+            the policy's ``vision_attention_layers`` names) within its frame (mean over heads; over queries as the
+            policy's ``vision_attention`` says; summed over the patches merged into the token), float32; given only
+            to policies with ``needs_vision_attention``.
         family: the model family's adapter name (``"qwen2_vl"``, ``"llava_onevision"``, ...; ``""`` when unknown),
             for methods whose authors ship a different form per family (FastVID).
         vision_kept: ``[N]`` bool, the tokens whose patches a drop-before-the-encoder vision stage (``rlt``) ran
@@ -183,13 +184,24 @@ class OuterPolicy(ABC):
     config_cls: ClassVar[type[PolicyConfig]] = PolicyConfig
     #: ask the engine for ``VideoTokens.attention`` (vision-encoder attention; costs one extra O(N d) pass)
     needs_vision_attention: ClassVar[bool] = False
-    #: ``"mean_query"`` (softmax of the mean query; FastVID) or ``"full"`` (the attention map averaged over queries)
+    #: ``"mean_query"`` (softmax of the mean query; FastVID), ``"full"`` (the attention map averaged over queries) or
+    #: ``"cls"`` (the [CLS] query's row where the vision tower has a [CLS] token — CLIP, InternViT — else the mean
+    #: query; VTC-CLS)
     vision_attention: ClassVar[str] = "mean_query"
     #: ask the engine for ``VideoTokens.question`` (the text after the sample's last video, embedded)
     needs_question: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
+
+    def vision_attention_layers(self, depth: int) -> int | None:
+        """How many vision-encoder layers ``VideoTokens.attention`` sums, ending at the *feature layer* (the one
+        whose output the LLM reads): ``k`` -> that layer and the ``k - 1`` layers before it, each scored as
+        ``vision_attention`` says, their per-patch scores added before the model's pooling; ``None`` (the default)
+        -> the feature layer alone. ``depth`` is the number of encoder layers up to and including the feature layer
+        (the engine raises :class:`ConfigError` unless ``1 <= k <= depth``). Layers whose queries cannot see their
+        whole frame (Qwen2.5-VL's window-attention blocks) are skipped, so fewer than ``k`` may be summed there."""
+        return None
 
     @abstractmethod
     def plan(self, video: VideoTokens, budget: int) -> Plan:

@@ -27,9 +27,10 @@ Deviations from the authors' code, with reasons:
 - Where: the authors merge after the first CLIP layer (3x3 windows of the 24x24 patch grid) and take the key set
   from the last layer's [CLS] attention on the merged sequence. tokpress merges the LLM-input tokens (the video
   towers it supports emit tokens that are already 2x2 patch groups, so ``window = 2`` covers 4x4 patches) and ranks
-  the key set by the vision-encoder attention the engine computes at its capture layer: the attention each token
-  receives from its frame's mean query (``vision_attention = "mean_query"``) — SigLIP, the Qwen ViTs and InternViT
-  have no [CLS] token, so this is an adaptation. The vision encoder itself runs on every patch.
+  the key set by the [CLS] attention the engine computes at the encoder's feature layer (``vision_attention =
+  "cls"``): the real [CLS] row on CLIP (LLaVA-NeXT-Video) and InternViT; SigLIP and the Qwen ViTs have no [CLS]
+  token, so there it is the attention each token receives from its frame's mean query, an adaptation. The vision
+  encoder itself runs on every patch.
 - Count: a promised budget instead of the similarity threshold, reached as above (the threshold is kept as an
   option: ``spatial_threshold`` set to a number merges only windows at or above it and fills the rest of the
   removals by dropping the least-attended tokens).
@@ -113,7 +114,7 @@ def merge_order(similarity: torch.Tensor, per_frame: int) -> torch.Tensor:
 class MustDropOuterPolicy(OuterPolicy):
     config_cls = MustDropOuterConfig
     needs_vision_attention = True
-    vision_attention = "mean_query"
+    vision_attention = "cls"  # the [CLS] row where the tower has one (CLIP, InternViT), else the mean query
 
     def plan(self, video: VideoTokens, budget: int) -> Plan:
         if video.attention is None:
