@@ -91,6 +91,8 @@ METHOD_LINES: dict[str, str] = {
     "pdrop": "drops visual tokens stage by stage by last-instruction attention (a pyramid over depth) · "
     "Xing et al., CVPR 2025",
     "prunevid": "merges static tokens; inside, prunes by question attention and trims earlier KV cache · ACL 2025",
+    "quota": "an LVLM pre-pass scores each frame's relevance to the question; frames get tokens by p², "
+    "filled evenly · Luo et al., AAAI 2026",
     "random": "baseline: a seeded random subset of each video's tokens",
     "scissor": "merges semantic connected components per frame, then across frames · Sun et al., 2025",
     "sparsevlm": "at 3 layers keeps the visual tokens the question's rater tokens attend to most, recycles the rest · "

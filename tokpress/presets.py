@@ -69,3 +69,13 @@ register_preset(
         "what enters the LLM; the cache of those layers is then cut to the final set",
     )
 )
+
+register_preset(
+    Preset(
+        "quota",
+        outer="framebudget",
+        outer_options={"scorer": "lvlm"},
+        description="QuoTA (AAAI 2026): an LVLM judges each frame's relevance to the question (one batched pre-pass, "
+        "tokpress.score_frames); per-frame budgets ~ p^2, each frame filled evenly (uniform)",
+    )
+)

@@ -45,9 +45,10 @@ from a padded mask there.
 **Cost columns from the same runs.** Before scoring, each batch's prompt is prefilled once more on its own
 (``batch`` prompts, no repetition) on a :class:`~tokpress.eval.bench.timing.Clock`: TTFT = that forward — vision
 encoder, compression and LLM prefill up to the first logits (video decoding and preprocessing are identical for
-every method and recorded apart). Its ``model.tokpress.last.tokens_per_layer`` gives the prefill FLOPs
-(:func:`tokpress.flops.fastv_flops`, the papers' convention) and the token counts. The uncompressed model
-(``"none"``) always runs: it is the reference of agreement, McNemar's test and the cost fractions.
+every method and recorded apart); for ``framebudget`` with ``scorer="lvlm"`` (``quota``) TTFT also holds the
+frame-scoring pre-pass (:mod:`~tokpress.eval.accuracy.prepass`). Its ``model.tokpress.last.tokens_per_layer``
+gives the prefill FLOPs (:func:`tokpress.flops.fastv_flops`, the papers' convention) and the token counts. The
+uncompressed model (``"none"``) always runs: it is the reference of agreement, McNemar's test and the cost fractions.
 
 **Records.** :func:`run_eval` returns ``kind="sample"`` records (one per sample x method x ratio) and
 ``kind="summary"`` records (per method x ratio x task family, plus ``task="all"``); the fields are listed in
@@ -65,6 +66,7 @@ import tokpress
 from tokpress.eval.accuracy.config import DEFAULT_METHODS, DEFAULT_N, DEFAULT_RATIOS, TINY_MODEL, EvalConfig, eval_plan
 from tokpress.eval.accuracy.data import EvalSample, local_samples, synth_samples
 from tokpress.eval.accuracy.parallel import eval_group, run_shard
+from tokpress.eval.accuracy.prepass import frame_prepass, needs_frame_scores, scores_for_rows
 from tokpress.eval.accuracy.runs import apply_method, prefill_counts, rows_consistent, sample_record, timed_prefill
 from tokpress.eval.accuracy.scoring import (
     _device_dtype,
@@ -136,8 +138,10 @@ def run_eval(
     Each ``kind="sample"`` record: ``model, method, ratio, sample_id, task, answer, chosen, correct, reference``
     (the uncompressed model's choice), ``agree``, ``scores`` / ``logprobs`` / ``option_tokens`` (logits scoring) or
     ``generated`` (generation), ``ttft_ms`` (the timed prefill of the batch the sample was in), ``video_tokens``,
-    ``into_llm``, ``tokens_per_layer``, ``flops_fastv``, ``decode_ms``, ``preprocess_ms``, ``rows_consistent``
-    (every option row of the scoring prefill kept as many tokens per layer as the timed single prefill).
+    ``into_llm``, ``tokens_per_layer``, ``flops_fastv``, ``decode_ms``, ``preprocess_ms``, ``prepass_ms``
+    (``quota``'s frame-scoring pre-pass of the batch, included in ``ttft_ms``; 0 for other methods),
+    ``rows_consistent`` (every option row of the scoring prefill kept as many tokens per layer as the timed single
+    prefill).
 
     With ``stream``, each batch's records are appended to that JSON-lines file as soon as they exist (after a header
     line naming the model and configuration); with ``resume``, a batch whose records the file already holds is not
@@ -183,19 +187,28 @@ def run_eval(
             reference: dict[str, int] = {}
             for method, ratio in plan:
                 apply_method(model, method, ratio, config.seed)
-                if not warm:
-                    timed_prefill(model, single, clock)
-                ttft = timed_prefill(model, single, clock)
+                frame_scores, prepass_s = None, 0.0
+                if needs_frame_scores(model):  # quota: the LVLM scores every frame first; the user waits for it
+                    if not warm:
+                        frame_prepass(model, processor, prepared, config, clock)
+                    frame_scores, prepass_s = frame_prepass(model, processor, prepared, config, clock)
+                ones, rows = [1] * len(prepared), [len(p.options) for p in prepared]
+                with scores_for_rows(model, frame_scores, ones):
+                    if not warm:
+                        timed_prefill(model, single, clock)
+                    ttft = prepass_s + timed_prefill(model, single, clock)
                 counts = prefill_counts(model, single, video_id)
                 scored, consistent = [None] * len(prepared), [True] * len(prepared)
                 generated: list[Any] = [None] * len(prepared)
                 if config.scoring in ("logits", "both"):
-                    scored, stats = option_logprobs(model, prepared, pad_id)
-                    consistent = rows_consistent(stats, counts, [len(p.options) for p in prepared])
+                    with scores_for_rows(model, frame_scores, rows):
+                        scored, stats = option_logprobs(model, prepared, pad_id)
+                    consistent = rows_consistent(stats, counts, rows)
                 if config.scoring in ("generate", "both"):
-                    generated = generate_answers(
-                        model, processor, prepared, config.answer_format, config.max_new_tokens
-                    )
+                    with scores_for_rows(model, frame_scores, ones):
+                        generated = generate_answers(
+                            model, processor, prepared, config.answer_format, config.max_new_tokens
+                        )
                 for b, p in enumerate(prepared):
                     record = sample_record(work.name, method, ratio, p, config, scored[b], generated[b])
                     if method == "none":
@@ -205,6 +218,7 @@ def run_eval(
                     per_layer = counts[b]["per_layer"]
                     record.update(
                         ttft_ms=ttft * 1e3,
+                        prepass_ms=prepass_s * 1e3,
                         video_tokens=counts[b]["video_tokens"],
                         into_llm=counts[b]["into_llm"],
                         tokens_per_layer=per_layer,

@@ -58,6 +58,8 @@ class Prepared:
     options: list[list[int]]
     decode_ms: float = 0.0
     preprocess_ms: float = 0.0
+    frames: np.ndarray | None = None  # [T, H, W, 3] uint8, the frames given to the processor (frame-scoring pre-pass)
+    fps: float | None = None  # their frame rate
 
 
 def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -98,7 +100,7 @@ def prepare(
             inputs[key] = inputs[key].to(dtype)
     eos = (answer_format == "word") if append_eos is None else append_eos
     options = encode_answers(processor.tokenizer, answer_texts(sample.options, answer_format), eos)
-    return Prepared(sample, inputs, options, decode_ms, preprocess_ms)
+    return Prepared(sample, inputs, options, decode_ms, preprocess_ms, video, video_fps)
 
 
 def _frames_of(

@@ -13,17 +13,20 @@ boundaries on a CUDA-synchronised clock):
 * ``video_decode`` — reading and sampling the video file (0 for synthetic inputs);
 * ``preprocess`` — the HF processor (resize, patchify, tokenise);
 * ``vision`` — the vision encoder and projector;
-* ``compression`` — tokpress's hooks: scoring, selection, gathers (outer and inner);
+* ``compression`` — tokpress's hooks: scoring, selection, gathers (outer and inner); for ``quota`` also the frame
+  scorer's pre-pass (:func:`tokpress.score_frames`, timed before ``generate()``);
 * ``prefill`` — the language model's prefill forward, less the compression inside it;
 * ``first_decode`` — the next forward (one token); reported beside TTFT, not part of it.
 
-TTFT = video decode + preprocessing + the time from calling ``generate()`` until the prefill's logits exist.
+TTFT = video decode + preprocessing (+ ``quota``'s pre-pass) + the time from calling ``generate()`` until the
+prefill's logits exist.
 The *oracle* of a ratio is the same model fed the same number of video tokens by a fixed, precomputed index
 (evenly spaced per frame), so its only cost over the physical limit is one gather.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,7 @@ import torch
 
 import tokpress
 from tokpress.api import vision_encoder
+from tokpress.errors import ConfigError
 from tokpress.eval.bench.inputs import video_placeholder_id
 from tokpress.eval.bench.rounds import rebatch
 from tokpress.eval.bench.timing import Clock, RequestSpan, StageTimer
@@ -132,22 +136,24 @@ class Runner:
         inputs, decode_s, preprocess_s = self._inputs(batch)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        prepass_s, scores = self._frame_prepass(batch)  # before the stage timer and the span: its forwards apart
         self.timer.reset()
         self.span.start()
-        out = model.generate(
-            **inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True
-        )
+        with scores:
+            out = model.generate(
+                **inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, return_dict_in_generate=True
+            )
         stamps = self.timer.stamps
         prefill_end = stamps.calls["top"][0][1]
         last = getattr(model, "tokpress", None) and model.tokpress.last
         compression = last.compression_s if last else 0.0
         vision = sum(e - s for s, e in stamps.calls.get("vision", []) if e <= prefill_end)
         return {
-            "ttft": decode_s + preprocess_s + self.span.seconds(),
+            "ttft": decode_s + preprocess_s + prepass_s + self.span.seconds(),
             "video_decode": decode_s,
             "preprocess": preprocess_s,
             "vision": vision,
-            "compression": compression,
+            "compression": compression + prepass_s,
             "prefill": (stamps.span("lm", 0) or 0.0) - compression,
             "first_decode": stamps.span("top", 1),
             "peak_memory_mb": _peak_megabytes(self.device),
@@ -159,12 +165,33 @@ class Runner:
         """Greedy answer ids of the first prompt and decode tokens/s over ``max_new_tokens`` forced tokens."""
         n = self.config.max_new_tokens
         inputs, _, _ = self._inputs(batch)
+        _, scores = self._frame_prepass(batch)
         self.timer.reset()
-        out = self.work.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        with scores:
+            out = self.work.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
         end = self.clock.now()
         prefill_end = self.timer.stamps.calls["top"][0][1]
         speed = (n - 1) / (end - prefill_end) if n > 1 and end > prefill_end else None
         return out[0, inputs["input_ids"].shape[1] :], speed
+
+    def _frame_prepass(self, batch: int) -> tuple[float, Any]:
+        """``quota`` (``framebudget``, ``scorer="lvlm"``): the LVLM's frame scores of the last inputs' video on the
+        synchronised clock, and a context manager handing them to every prompt of the batch; else ``(0, no-op)``.
+        Its seconds count in TTFT and in the ``compression`` stage."""
+        from tokpress.eval.accuracy.prepass import needs_frame_scores
+
+        model = self.work.model
+        if not needs_frame_scores(model):
+            return 0.0, contextlib.nullcontext()
+        if self.work.frame_prepass is None:
+            raise ConfigError(
+                "this workload has no video frames to score (--arch feeds synthetic tensors): bench quota with "
+                "--model / --video, or the default synth model"
+            )
+        start = self.clock.now()
+        scores = self.work.frame_prepass()
+        seconds = self.clock.now() - start
+        return seconds, tokpress.frame_scores(model, [[scores]] * batch)
 
     def timed(self, row: Row) -> dict[str, Any]:
         """One measured request of ``row`` (the method applied before, removed after, both untimed)."""

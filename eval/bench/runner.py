@@ -170,6 +170,8 @@ class Workload:
     make_inputs: Callable[[], tuple[dict, float, float]]
     decode: Callable[[torch.Tensor], str]
     environment: dict[str, str]
+    #: ``quota``'s pre-pass: the ``[T]`` frame relevance of the last ``make_inputs()``'s video (None: no raw frames)
+    frame_prepass: Callable[[], torch.Tensor] | None = None
 
 
 def bench_plan(config: BenchConfig) -> list[tuple[str, float]]:

@@ -112,7 +112,16 @@ def _video_frames(
 
 
 def _processor_workload(
-    name, model, processor, config: BenchConfig, default_frames: int, env, generated=None, question=None, fps=8.0
+    name,
+    model,
+    processor,
+    config: BenchConfig,
+    default_frames: int,
+    env,
+    generated=None,
+    question=None,
+    fps=8.0,
+    options=None,
 ) -> Workload:
     device = next(model.parameters()).device
     workdir = Path(tempfile.mkdtemp(prefix="tokpress-bench-"))
@@ -124,8 +133,11 @@ def _processor_workload(
     if "video" not in env:
         env["video"] = path if config.video else f"generated moving square ({config.frames or default_frames} frames)"
 
+    last: dict = {}
+
     def make_inputs():
         frames, sampled_fps, decode_s = decode()
+        last.update(frames=frames, fps=sampled_fps)
         env["frames"] = str(len(frames))  # the frames actually used (after sampling / clamping), for report.md
         start = time.perf_counter()
         # the frames are already sampled as the processor would: do not let it resample them; pass their frame
@@ -145,7 +157,19 @@ def _processor_workload(
     def decode_text(ids):
         return processor.tokenizer.decode(ids, skip_special_tokens=True)
 
-    return Workload(name, model, make_inputs, decode_text, env)
+    def frame_prepass():
+        """QuoTA's scores of the last video's grid frames: the synth task's options (``options``) or QuoTA's
+        decoupled entities and yes/no prompt (:mod:`tokpress.frame_relevance`)."""
+        from tokpress.frame_relevance import decouple_query, score_frames
+
+        frames, rate = last["frames"], last["fps"]
+        if options is not None:
+            kwargs = dict(readout="options", options=options, prompt=text)
+            return score_frames(model, processor, frames, text, fps=rate, **kwargs)
+        entities = decouple_query(model, processor, text)
+        return score_frames(model, processor, frames, text, entities=entities, fps=rate)
+
+    return Workload(name, model, make_inputs, decode_text, env, frame_prepass)
 
 
 def default_workload(config: BenchConfig) -> Workload:
@@ -188,9 +212,9 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
     ).eval()
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     sample = make_split("test", 1, tasks=[BENCH_SYNTH_TASK], offset=BENCH_SYNTH_INDEX)[0]
-    question = None
+    question, options = None, None
     if config.question == _Defaults.question:
-        question = format_prompt(sample.question, sample.options)
+        question, options = format_prompt(sample.question, sample.options), list(sample.options)
     env = environment(model, device, dtype, config.attn)
     env["model"] = f"shipped synth model ({path.name}, trained; tokpress.eval.synth.train)"
     if config.video is None:
@@ -200,7 +224,7 @@ def synth_workload(config: BenchConfig, path: Path) -> Workload:
         )
     n = len(sample.frames)
     return _processor_workload(
-        "synth-qwen2.5-vl", model, processor, config, n, env, sample.frames, question, SYNTH_FPS
+        "synth-qwen2.5-vl", model, processor, config, n, env, sample.frames, question, SYNTH_FPS, options
     )
 
 

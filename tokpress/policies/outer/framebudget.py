@@ -7,22 +7,29 @@ not a monolithic method:
 1. **Score** each frame's relevance to the question. ``scorer="similarity"`` (default, the cheap proxy): in the LLM's
    input embedding space, each question token's best cosine match among the frame's tokens, averaged over the
    question tokens (a late-interaction similarity; ``VideoTokens.question`` holds the embedded text after the video).
-   ``scorer="given"``: the scores in ``frame_scores`` — e.g. QuoTA's own, the probability with which an LVLM judges
-   each frame relevant to the question (computed by the caller: one model pass per frame before the compressed
-   prompt, a cost this policy cannot see).
+   ``scorer="lvlm"``: QuoTA's own scorer — the probability ``p`` with which an LVLM judges each frame relevant to the
+   question, computed per request by :func:`tokpress.score_frames` (one batched forward over the frames before the
+   compressed prompt, :mod:`tokpress.frame_relevance`) and handed in with ``with tokpress.frame_scores(model, p):``
+   (or fixed in ``frame_scores``).
+   ``scorer="given"``: the caller's scores in ``frame_scores`` (fixed at apply time, or per request through
+   ``tokpress.frame_scores``), turned into weights by the softmax below.
    ``scorer="uniform"``: equal scores (the fill policy with an even spread; an ablation).
-2. **Budget** each frame: weights ``softmax(score / temperature)`` (QuoTA normalises its raw LVLM scores; the
-   similarity proxy's cosines need a temperature), capped at the frame's token count with the excess handed to the
-   other frames in proportion (QuoTA's ``scale_weights``, iterated until no frame exceeds its cap), then rounded by
-   largest remainder so the budgets sum to exactly the stage's ``budget`` (QuoTA floors, so its total can fall short).
+2. **Budget** each frame: weights ``softmax(score / temperature)`` (the similarity proxy's cosines need a
+   temperature); for ``scorer="lvlm"`` QuoTA's own ``(100 p) ** 2`` normalised, i.e. ``p ** power / sum p ** power``
+   with ``power=2`` (all ``p == 0``: equal weights). The weights are capped at the frame's token count with the
+   excess handed to the other frames in proportion (QuoTA's ``scale_weights``, iterated until no frame exceeds its
+   cap; QuoTA's default bilinear fill skips the cap and can up-sample a frame), then rounded by largest remainder so
+   the budgets sum to exactly the stage's ``budget`` (QuoTA floors, so its total can fall short).
 3. **Fill** each frame's budget with the outer policy ``fill``: a policy that ranks tokens by a score over the whole
    video (``token_scores``: ``evs``) keeps its top tokens of each frame; any other (``uniform``, ``visionzip``,
    ``divprune``, ``random``, ...) is run on each frame alone with that frame's budget (a frame with budget 0 is
    dropped). QuoTA fills by bilinear interpolation / adaptive pooling / linspace of each frame's grid; ``uniform``
    is its linspace form.
 
-Budget mapping: ``retain_ratio`` is the video's token ratio, as for every outer policy. Deviations: QuoTA's frame
-scores come from an auxiliary LVLM asked a CoT-decoupled question per frame; the default proxy needs no extra pass.
+Budget mapping: ``retain_ratio`` is the video's token ratio, as for every outer policy (QuoTA's ``enhance_total x
+enhance_tokens``). Deviations: QuoTA's frame scores come from an auxiliary LVLM asked a CoT-decoupled question per
+frame (``scorer="lvlm"``, whose deviations are listed in :mod:`tokpress.frame_relevance`); the default proxy needs no
+extra pass. The preset ``quota`` is ``framebudget`` with ``scorer="lvlm"`` and the ``uniform`` (linspace) fill.
 """
 
 from __future__ import annotations
@@ -33,10 +40,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tokpress.errors import InputError
 from tokpress.policies.base import Grid, OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import get_policy, register_policy
 
-SCORERS = ("similarity", "given", "uniform")
+SCORERS = ("similarity", "given", "lvlm", "uniform")
 
 
 @dataclass(frozen=True)
@@ -45,11 +53,15 @@ class FrameBudgetConfig(PolicyConfig):
 
     #: the outer policy that fills each frame's budget
     fill: str = "uniform"
-    #: ``"similarity"`` (question-frame similarity in the LLM's embedding space), ``"given"`` or ``"uniform"``
+    #: ``"similarity"`` (question-frame similarity in the LLM's embedding space), ``"lvlm"`` (QuoTA: an LVLM's
+    #: relevance probabilities, per request), ``"given"`` or ``"uniform"``
     scorer: str = "similarity"
-    #: softmax temperature turning scores into budget weights (> 0)
+    #: softmax temperature turning scores into budget weights (> 0; not used by ``"lvlm"``)
     temperature: float = 0.05
-    #: ``scorer="given"``: per sample, per video, one score per frame (higher = more relevant)
+    #: ``scorer="lvlm"``: weights ``p ** power`` (QuoTA: ``(100 p) ** 2``, so 2)
+    power: float = 2.0
+    #: ``scorer="given"`` / ``"lvlm"``: per sample, per video, one score per frame (higher = more relevant); a
+    #: request's scores set with ``tokpress.frame_scores`` take precedence
     frame_scores: Any = ()
     #: options of the fill policy
     fill_options: dict = field(default_factory=dict)
@@ -60,6 +72,10 @@ class FrameBudgetConfig(PolicyConfig):
             isinstance(self.temperature, (int, float)) and self.temperature > 0,
             f"temperature must be a number > 0, got {self.temperature!r}",
         )
+        self.check(
+            isinstance(self.power, (int, float)) and self.power > 0,
+            f"power must be a number > 0 (QuoTA squares its probabilities: 2), got {self.power!r}",
+        )
         self.check(self.fill != "framebudget", "fill must be another outer policy, e.g. fill='uniform'")
         get_policy("outer", self.fill)  # ConfigError naming the valid ones
         self.check(
@@ -68,7 +84,7 @@ class FrameBudgetConfig(PolicyConfig):
         )
 
     def __hash__(self) -> int:  # fill_options is a dict
-        return hash((self.fill, self.scorer, self.temperature))
+        return hash((self.fill, self.scorer, self.temperature, self.power))
 
 
 def capped_weights(weights: torch.Tensor, caps: torch.Tensor, total: int) -> torch.Tensor:
@@ -126,6 +142,32 @@ class FrameBudgetPolicy(OuterPolicy):
         self.fill = fill_cls(fill_cls.config_cls(**config.fill_options))
         self.needs_vision_attention = self.fill.needs_vision_attention
         self.vision_attention = self.fill.vision_attention
+        self.vision_attention_layers = self.fill.vision_attention_layers
+        #: this request's ``[sample][video]`` frame scores (``tokpress.frame_scores`` sets and restores it)
+        self.request_scores: Any = None
+
+    def _given_scores(self, video: VideoTokens, frames: int) -> torch.Tensor:
+        """``[T]`` float32 scores of ``video`` from the request (``tokpress.frame_scores``) or ``frame_scores``."""
+        given = self.request_scores if self.request_scores is not None else self.config.frame_scores
+        if len(given) == 0:
+            raise InputError(
+                f"framebudget scorer={self.config.scorer!r} has no frame scores for this request: wrap the call in "
+                "`with tokpress.frame_scores(model, tokpress.score_frames(model, processor, frames, question)):`"
+            )
+        try:
+            scores = torch.as_tensor(given[video.sample][video.video], dtype=torch.float32).flatten().cpu()
+        except IndexError:
+            raise InputError(
+                f"frame scores given for {len(given)} sample(s), but sample {video.sample} video {video.video} "
+                "is compressed: give scores[sample][video] for every video of the batch (repeat a sample's scores "
+                "for each row that repeats it)"
+            ) from None
+        if scores.numel() != frames:
+            raise InputError(
+                f"frame scores of sample {video.sample} video {video.video}: {scores.numel()} scores for {frames} "
+                "frames (Qwen models: one per temporal patch of 2 frames; score_frames groups them)"
+            )
+        return scores
 
     def frame_budgets(self, video: VideoTokens, budget: int) -> torch.Tensor:
         """``[T]`` long tokens per frame, summing to ``budget``, each at most the frame's token count."""
@@ -134,13 +176,14 @@ class FrameBudgetPolicy(OuterPolicy):
         if self.config.scorer == "similarity":  # no question (a call outside the engine): equal scores
             question = video.question if video.question is not None else video.features[:0]
             scores = similarity_scores(frames, question)
-        elif self.config.scorer == "given":
-            scores = torch.as_tensor(self.config.frame_scores[video.sample][video.video], dtype=torch.float32)
-            if scores.numel() != g.frames:
-                raise ValueError(f"frame_scores of video {video.video}: {scores.numel()} scores for {g.frames} frames")
+        elif self.config.scorer in ("given", "lvlm"):
+            scores = self._given_scores(video, g.frames)
         else:
             scores = torch.zeros(g.frames)
-        weights = torch.softmax(scores.float().cpu() / self.config.temperature, 0)
+        if self.config.scorer == "lvlm":  # QuoTA: (100 p) ** 2, normalised (capped_weights normalises)
+            weights = scores.double().clamp_min(0) ** self.config.power
+        else:
+            weights = torch.softmax(scores.float().cpu() / self.config.temperature, 0)
         caps = torch.full((g.frames,), g.per_frame, dtype=torch.long)
         return integer_budgets(capped_weights(weights, caps, budget), caps, budget)
 
