@@ -151,6 +151,6 @@ class MustDropInnerPolicy(InnerPolicy):
         n = tokens.hidden.shape[0]
         if budget >= n:
             return Plan(torch.arange(n, device=tokens.hidden.device))
-        probs, _ = question_attention(p, n)
+        probs, _ = question_attention(p, n, relation_too=False)
         scores = dual_attention_scores(probs, self.config.global_thr, self.config.individual_thr)
         return Plan(topk_sorted(scores.to(tokens.hidden.device), budget))

@@ -161,14 +161,17 @@ def recycle_counts(n: int, budget: int, ratio: float, every: int) -> tuple[int, 
         m = nxt
 
 
-def question_attention(p: Projections, candidates: int) -> tuple[torch.Tensor, torch.Tensor]:
+def question_attention(
+    p: Projections, candidates: int, relation_too: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The text rows' attention to the candidates, float32, both ``[q, n]``.
 
     The rows are the queries ``p.question`` marks (the last query when there are none).
 
     Returns:
         ``probs``: the layer's attention (softmax over every key the row may see: valid, causal), mean over heads.
-        ``relation``: per head, the softmax over the rows of the logits at each candidate, mean over heads.
+        ``relation``: per head, the softmax over the rows of the logits at each candidate, mean over heads
+        (``None`` without ``relation_too``).
     """
     rows = p.question.nonzero().squeeze(1)
     if rows.numel() == 0:
@@ -188,8 +191,9 @@ def question_attention(p: Projections, candidates: int) -> tuple[torch.Tensor, t
         keys = p.keys[h // group].float().to(queries.device)  # [h, S, d]
         logits = torch.einsum("qhd,hsd->hqs", queries[:, h], keys) * p.scaling + bias
         probs += logits.softmax(-1)[:, :, cand].sum(0)
-        relation += logits[:, :, cand].softmax(1).sum(0)
-    return probs / heads, relation / heads
+        if relation_too:
+            relation += logits[:, :, cand].softmax(1).sum(0)
+    return probs / heads, relation / heads if relation_too else None
 
 
 def select_raters(probs: torch.Tensor, relation: torch.Tensor, rule: str) -> torch.Tensor:
