@@ -15,6 +15,10 @@ common=(--random-weights --device cuda --dtype bf16 --attn sdpa --ratios 0.5,0.2
 ov_methods=none,uniform,evs,holitom,fastvid,visionzip,vidcom2,fastv,tome,tome@0.5\>holitom,tome@0.25\>holitom
 tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --methods "$ov_methods" \
     --out "$out/gpu-llava-onevision-7b-32f"
+# issue 16: the query-aware and progressive methods on the same setting (quota's LVLM pre-pass needs decoded frames,
+# which --arch's random inputs do not have: its cost is measured by `tokpress bench --video` / `tokpress eval`)
+tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" \
+    --methods none,uniform,fastv,pdrop,sparsevlm,aim,mustdrop,vtccls,framebudget --out "$out/gpu-llava-onevision-7b-32f-i16"
 # the same under batching (token pruning can lose its gain at concurrency >= 4)
 tokpress bench --arch llava-onevision-7b --frames 32 --size 384 "${common[@]}" --methods none,holitom,evs \
     --ratios 0.1 --batch 1,4,8 --out "$out/gpu-llava-onevision-7b-32f-batch"
