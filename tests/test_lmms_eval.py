@@ -86,6 +86,7 @@ def test_check_args_accepts_a_valid_method(qwen_checkpoint):
         ({"method": "holitom", "retain_ratio": 1.5}, "in \\(0, 1\\]"),
         ({"method": "nope", "retain_ratio": 0.5}, "unknown method"),
         ({"inner": "fastv", "retain_ratio": 0.5, "inner_layer": 4}, "inner_layer must be"),  # the config has 4
+        ({"method": "quota", "retain_ratio": 0.5}, "tokpress eval --benchmark"),  # no per-request frame scores
     ],
 )
 def test_check_args_refuses_bad_arguments_before_loading(qwen_checkpoint, given, match):

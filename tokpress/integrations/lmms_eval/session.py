@@ -130,11 +130,18 @@ def check_args(args: TokpressArgs, pretrained: str, families: tuple[str, ...], m
             f"{model_id} loads {', '.join(families)} checkpoints, {pretrained} is {model_type}: {hint}"
         )
     if args.active:
-        build_config(
+        built = build_config(
             args.method,
             num_layers=_num_layers(config),
             **{k: v for k, v in args.apply_kwargs().items() if k != "method"},
         )
+        scorer = getattr(built.outer.options, "scorer", None) if built.outer else None
+        if scorer in ("lvlm", "given"):
+            raise ConfigError(
+                f"framebudget scorer={scorer!r} (e.g. method=quota) needs each request's frame scores, which "
+                "lmms-eval's model wrappers cannot hand over; run it with `tokpress eval --benchmark videomme "
+                "--methods quota` (the pre-pass is timed into TTFT there), or use scorer=similarity here"
+            )
 
 
 def _now(device: torch.device) -> float:
