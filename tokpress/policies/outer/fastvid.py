@@ -21,6 +21,9 @@ Algorithm:
      ``w = max(1 / (n + 1), beta)`` (:func:`dtm_merge`). The merged token sits at its **anchor's** position.
 3. Survivors keep their original positions (FastVID does the same, in every port).
 
+Layout: DySeg and the budget counts live in :mod:`~tokpress.policies.outer.fastvid_segments`, the DTM and the plan
+assembly in :mod:`~tokpress.policies.outer.fastvid_merge`; their public names are re-exported here.
+
 Cost. Per segment, its non-salient tokens' unit rows are gathered once (``Q x D``); per anchor frame, one DPC-kNN
 over its ``n`` non-salient tokens (``n^2 D``; skipped when the frame's share takes all ``n``: then every token is an
 anchor) and one ``Q x m`` cosine matrix, argmax and group sums reading the segment's tokens in place; the output is
@@ -101,12 +104,34 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from tokpress.errors import InputError
-from tokpress.ops import cosine_adjacent, cosine_matrix, dpc_knn, group_mean, group_size, primal, rows_reduce_alike
+from tokpress.ops import cosine_adjacent, dpc_knn, primal, rows_reduce_alike
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
+from tokpress.policies.outer.fastvid_merge import (
+    assemble_plan,
+    dtm_merge,
+    dtm_merge_excluding,
+    dtm_rows,
+    dtm_rows_excluding,
+    gathered_unit_rows,
+    unit_rows,
+)
+from tokpress.policies.outer.fastvid_segments import anchor_frames, dyseg, qwen_counts, stprune_counts
 from tokpress.registry import register_policy
+
+__all__ = [
+    "FastVIDConfig",
+    "FastVIDPolicy",
+    "anchor_frames",
+    "dtm_merge",
+    "dtm_merge_excluding",
+    "dyseg",
+    "gathered_unit_rows",
+    "qwen_counts",
+    "stprune_counts",
+    "unit_rows",
+]
 
 
 def _is_int(v) -> bool:
@@ -170,268 +195,6 @@ class FastVIDConfig(PolicyConfig):
         self.check(_is_int(self.k) and self.k >= 1, f"k must be an int >= 1 (DPC-kNN neighbours), got {self.k!r}")
 
 
-def dyseg(global_features: torch.Tensor, c: int, tau: float) -> torch.Tensor:
-    """DySeg: ``[n_seg]`` lengths (``torch.long``, summing to ``T``) of the segments of ``T`` frames.
-
-    Args:
-        global_features: ``[T, D]`` one global feature per frame.
-        c: cut at the ``c - 1`` lowest adjacent-frame similarities (all transitions when ``c - 1 >= T - 1``).
-        tau: also cut at every similarity below ``tau``.
-
-    The cut after transition ``t`` (between frames ``t`` and ``t + 1``) ends a segment at frame ``t``.
-    """
-    t = global_features.shape[0]
-    device = global_features.device
-    sim = cosine_adjacent(global_features[:, None, :]).squeeze(1)  # [T - 1]: cos(g_t, g_{t+1})
-    cut = sim < tau
-    lowest = torch.sort(sim, stable=True).indices[: max(0, min(c - 1, t - 1))]  # ties: the earlier transition
-    cut[lowest] = True
-    ends = torch.cat([cut.nonzero().squeeze(1), torch.tensor([t - 1], device=device)])
-    return torch.diff(ends, prepend=torch.tensor([-1], device=device))
-
-
-def anchor_frames(lengths: torch.Tensor, p: int) -> torch.Tensor:
-    """``[T]`` bool: frame ``i`` of a segment of length ``S`` is an anchor frame iff ``(S - 1 - i) % p == 0`` — the
-    segment's last frame and every ``p``-th frame counting back from it."""
-    return _frames_from_end(lengths) % p == 0
-
-
-def _frames_from_end(lengths: torch.Tensor) -> torch.Tensor:
-    """``[T]``: how many frames after each frame its segment ends (0 for a segment's last frame)."""
-    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-    last = (lengths.cumsum(0) - 1)[seg]
-    return last - torch.arange(seg.numel(), device=lengths.device)
-
-
-def _fill_from_end(amount: torch.Tensor, room: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Pour each segment's ``amount`` into its frames' ``room`` ``[T]``, last frame first; ``[T]`` poured."""
-    seg = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-    total = room.cumsum(0)
-    later = total[lengths.cumsum(0) - 1][seg] - total  # room in the segment's later frames
-    return torch.minimum((amount[seg] - later).clamp_min(0), room)
-
-
-def stprune_counts(
-    lengths: torch.Tensor, per_frame: int, budget: int, d: float, p: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Salient and anchor counts per frame (``[T]`` each, ``torch.long``) summing to exactly ``budget``.
-
-    See the module docstring for the rule; anchors are non-zero only on :func:`anchor_frames`, and
-    ``salient + anchors <= per_frame`` in every frame.
-    """
-    device = lengths.device
-    t = int(lengths.sum())
-    n_seg = lengths.numel()
-    seg = torch.repeat_interleave(torch.arange(n_seg, device=device), lengths)
-    bounds = torch.div(torch.arange(t + 1, device=device) * budget, t, rounding_mode="floor")
-    keep = bounds[1:] - bounds[:-1]  # [T], floor or ceil of budget / T
-    context = torch.floor(keep.double() * d).long()  # the reference's int(keep * d)
-    salient = keep - context
-    back = _frames_from_end(lengths)
-    is_anchor = back % p == 0
-    seg_context = torch.zeros(n_seg, dtype=torch.long, device=device).index_add_(0, seg, context)
-    n_anchor = torch.div(lengths + p - 1, p, rounding_mode="floor")[seg]
-    share = torch.div(seg_context[seg], n_anchor, rounding_mode="floor")
-    extra = (torch.div(back, p, rounding_mode="floor") < seg_context[seg] % n_anchor).long()
-    want = torch.where(is_anchor, share + extra, 0)
-    room = per_frame - salient  # non-salient tokens of each frame
-    anchors = torch.minimum(want, room)
-
-    def overflow(placed):
-        return seg_context - torch.zeros_like(seg_context).index_add_(0, seg, placed)
-
-    anchors = anchors + _fill_from_end(overflow(anchors), torch.where(is_anchor, room - anchors, 0), lengths)
-    salient = salient + _fill_from_end(overflow(anchors), torch.where(is_anchor, 0, room), lengths)
-    return salient, anchors
-
-
-def qwen_counts(
-    lengths: torch.Tensor, sim: torch.Tensor, per_frame: int, budget: int, d: float, p: int, ignore: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Qwen form's salient and anchor counts per frame (``[T]`` each, ``torch.long``), summing to ``budget``.
-
-    Args:
-        lengths: ``[n_seg]`` DySeg segment lengths.
-        sim: ``[T - 1]`` cosine of adjacent frames' global features (sub-segments cut where ``sim < ignore``).
-        per_frame: tokens per frame ``P``.
-
-    See the module docstring ("Qwen form"). A Python loop over frames (never tokens): the counts are small ints.
-    """
-    t = int(lengths.sum())
-    share = [(i + 1) * budget // t - i * budget // t for i in range(t)]  # floor or ceil of budget / T
-    cut = (sim < ignore).tolist()
-    salient, anchors = [0] * t, [0] * t
-    start = 0
-    for length in lengths.tolist():
-        stop = start + length
-        seg_budget = sum(share[start:stop])
-        context = min(max(int(seg_budget * d), 1), seg_budget)
-        spread = seg_budget - context
-        if length == 1:
-            salient[start], anchors[start] = spread, context
-        else:
-            ends = [f for f in range(start, stop - 1) if cut[f]] + [stop - 1]  # last frames of the sub-segments
-            v, a = len(ends), -(-len(ends) // p)
-            for i, f in enumerate(ends):
-                back = v - 1 - i  # sub-segments after this one; anchors every p-th counting back, the last first
-                anchors[f] = min(context // a + (back // p < context % a), per_frame // 2) if back % p == 0 else 0
-                salient[f] = min(spread // v + (i < spread % v), per_frame - anchors[f])
-            lost = seg_budget - sum(salient[start:stop]) - sum(anchors[start:stop])
-            rest = [f for f in range(stop - 1, start - 1, -1) if f not in ends]
-            for f in ends[::-1] + rest:  # what the caps cut off: extra salient tokens, latest frames first
-                add = min(lost, per_frame - salient[f] - anchors[f])
-                salient[f] += add
-                lost -= add
-        start = stop
-    device = lengths.device
-    return torch.tensor(salient, device=device), torch.tensor(anchors, device=device)
-
-
-def unit_rows(pool: torch.Tensor) -> torch.Tensor:
-    """``[Q, D]`` float32 unit rows of ``pool`` as :func:`~tokpress.ops.cosine_matrix` normalises them (no tangent).
-
-    Row-wise, so on CPU (:func:`~tokpress.ops.rows_reduce_alike`) ``unit_rows(pool)[i] == unit_rows(pool[i])`` bit
-    for bit: a segment's pool is normalised once and shared by the DTM of all its anchor frames."""
-    return F.normalize(primal(pool).float(), dim=-1)
-
-
-def gathered_unit_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``unit_rows(x[rows])`` ``[Q, D]`` bit for bit in one buffer: the rows are gathered, then normalised in place."""
-    out = primal(x).index_select(0, rows).float()
-    return F.normalize(out, dim=-1, out=out)
-
-
-def _merge_joined(
-    x: torch.Tensor, joined: torch.Tensor, assign: torch.Tensor, anchors_x: torch.Tensor, beta: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w x_anchor + (1 - w) mean(joined)`` per anchor, ``w = max(1 / (n + 1), beta)``.
-
-    Args:
-        x: ``[R, D]`` float32 rows (a segment's tokens, or a pool); rows that join nothing are read but count for no
-            anchor (they go to a spare group), so ``x`` can be a segment's slice of the grid with its salient rows.
-        joined: ``[J]`` ascending rows of ``x`` that join an anchor; ``assign``: ``[J]`` the anchor each joins.
-        anchors_x: ``[m, D]`` float32 features of the anchors.
-
-    Returns:
-        merged ``[m, D]`` float32 and the join counts ``n`` ``[m]`` float32. The sums add the joined rows in
-        ascending order, as a gathered ``x[joined]`` would: the same bits.
-    """
-    m = anchors_x.shape[0]
-    group = torch.full((x.shape[0],), m, dtype=torch.long, device=x.device).index_copy_(0, joined, assign)
-    n = group_size(assign, m)
-    w = (1 / (n + 1)).clamp_min(beta)[:, None]  # n = 0: w = 1, the anchor as it is
-    return w * anchors_x + (1 - w) * group_mean(x, group, m + 1)[:m], n
-
-
-def _cosine_to(unit: torch.Tensor | None, pool: torch.Tensor, rows: torch.Tensor | None, anchors: torch.Tensor):
-    """``[Q', m]`` cosine of the pool rows ``rows`` (default: all) to the pool rows ``anchors``.
-
-    From the pool's :func:`unit_rows` ``unit`` when given, else :func:`~tokpress.ops.cosine_matrix` of the gathered
-    rows (each operand normalised on its own, as on devices where row normalisation is not row-local)."""
-    if unit is not None:
-        lhs = unit if rows is None else unit.index_select(0, rows)
-        return lhs @ unit.index_select(0, anchors).T
-    lhs = pool if rows is None else pool.index_select(0, rows)
-    return cosine_matrix(lhs, pool.index_select(0, anchors))
-
-
-def _dtm(
-    x: torch.Tensor,
-    members: torch.Tensor,
-    pool: torch.Tensor,
-    unit: torch.Tensor | None,
-    own: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LLaVA form's DTM of the pool rows ``members`` ``[Q]`` of ``x`` ``[R, D]`` into the pool rows ``own``.
-
-    ``pool``: ``[Q, D]`` the pool's features (read only when ``unit`` is ``None``); ``unit``: its unit rows."""
-    assign = _cosine_to(unit, pool, None, own).argmax(-1)
-    assign[own] = torch.arange(own.numel(), device=x.device)
-    return _merge_joined(x, members, assign, x.index_select(0, members.index_select(0, own)), beta)
-
-
-def _dtm_excluding(
-    x: torch.Tensor,
-    members: torch.Tensor,
-    pool: torch.Tensor,
-    unit: torch.Tensor | None,
-    own: torch.Tensor,
-    beta: float,
-    other_anchor: torch.Tensor,
-    n_frames: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Qwen form's DTM (:func:`dtm_merge_excluding`) of the pool rows ``members`` of ``x``: merged, sizes."""
-    joins = torch.ones(members.numel(), dtype=torch.bool, device=x.device)
-    joins[own] = False
-    rows = joins.nonzero().squeeze(1)  # [Q - m] the joining pool rows (one host sync, as boolean indexing has)
-    assign = _cosine_to(unit, pool, rows, own).argmax(-1)
-    merged, _ = _merge_joined(
-        x, members.index_select(0, rows), assign, x.index_select(0, members.index_select(0, own)), beta
-    )
-    weights = (~other_anchor.index_select(0, rows)).float() / n_frames
-    return merged, 1 + group_size(assign, own.numel(), weights)
-
-
-def dtm_merge_excluding(
-    pool: torch.Tensor,
-    anchors: torch.Tensor,
-    beta: float,
-    other_anchor: torch.Tensor,
-    n_frames: int,
-    unit: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Qwen form's DTM: merge the ``pool`` ``[Q, D]`` rows that are not ``anchors`` ``[m]`` into those anchors.
-
-    Every non-anchor row joins its most cosine-similar anchor (ties: the earlier anchor); an anchor joined by ``n``
-    rows becomes ``w x_anchor + (1 - w) mean(joined)``, ``w = max(1/(n+1), beta)`` — the mean excludes the anchor.
-
-    Args:
-        other_anchor: ``[Q]`` bool, rows that are anchors of the segment's other anchor frames (they join, but are
-            kept tokens of their own, so they add nothing to the sizes).
-        n_frames: the segment's anchor frames ``A'``; every other joining row adds ``1 / A'`` to its anchor's size.
-        unit: ``[Q, D]`` :func:`unit_rows` of ``pool`` when already computed (same result, one pass less).
-
-    Returns:
-        merged features ``[m, D]`` float32 and sizes ``[m]`` float32.
-    """
-    x = pool.float()
-    members = torch.arange(x.shape[0], device=x.device)
-    return _dtm_excluding(x, members, x, unit, anchors, beta, other_anchor, n_frames)
-
-
-def dtm_merge(
-    pool: torch.Tensor, anchors: torch.Tensor, beta: float, unit: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Density-weighted temporal merge of ``pool`` ``[Q, D]`` into the pool rows ``anchors`` ``[m]``.
-
-    Every row joins the anchor it is most cosine-similar to (an anchor joins itself; ties go to the earlier
-    anchor); an anchor joined by ``n`` rows becomes ``w x_anchor + (1 - w) mean(joined)``, ``w = max(1/(n+1), beta)``.
-    ``unit``: ``[Q, D]`` :func:`unit_rows` of ``pool`` when already computed (same result, one pass less).
-
-    Returns:
-        merged features ``[m, D]`` float32 and the counts ``n`` ``[m]`` float32.
-    """
-    x = pool.float()
-    return _dtm(x, torch.arange(x.shape[0], device=x.device), x, unit, anchors, beta)
-
-
-def _assemble(x: torch.Tensor, pieces: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Plan:
-    """The plan of ``pieces`` (grid indices ``[k_i]``, features ``[k_i, D]``, sizes ``[k_i]``) in raster order.
-
-    Each piece's features are written once, straight to their sorted rows of the output (in ``x``'s dtype)."""
-    keep = torch.cat([idx for idx, _, _ in pieces])
-    order = keep.argsort()
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=order.device)
-    features = x.new_empty(order.numel(), x.shape[-1])
-    start = 0
-    for idx, feats, _ in pieces:  # 1 + (anchor frames) pieces, never one per token
-        features.index_copy_(0, position[start : start + idx.numel()], feats.to(x.dtype))
-        start += idx.numel()
-    return Plan(keep[order], features, torch.cat([size for _, _, size in pieces])[order])
-
-
 @register_policy("fastvid", stage="outer")
 class FastVIDPolicy(OuterPolicy):
     config_cls = FastVIDConfig
@@ -470,7 +233,7 @@ class FastVIDPolicy(OuterPolicy):
         pieces = [(top, x.index_select(0, top), torch.ones(top.numel(), device=device))]
         free = (~is_salient).nonzero().squeeze(1)  # [N - salient] every frame's non-salient tokens, frame by frame
         pieces += self._merges(x, p, form, lengths, anchors, free, (p - salient).tolist())
-        return _assemble(x, pieces)
+        return assemble_plan(x, pieces)
 
     def _centers(self, x: torch.Tensor, rows: torch.Tensor, count: int) -> torch.Tensor:
         """An anchor frame's ``count`` anchors among its non-salient grid rows ``rows`` ``[n]``: indices into ``rows``.
@@ -528,11 +291,11 @@ class FastVIDPolicy(OuterPolicy):
                     if form == "qwen":
                         other = is_anchor.clone()
                         other[own] = False
-                        merged, size = _dtm_excluding(
+                        merged, size = dtm_rows_excluding(
                             segment, members, x_pool, unit, own, cfg.beta, other, len(absorbing)
                         )
                     else:
-                        merged, joined = _dtm(segment, members, x_pool, unit, own, cfg.beta)
+                        merged, joined = dtm_rows(segment, members, x_pool, unit, own, cfg.beta)
                         size = joined / len(absorbing)
                     pieces.append((pool.index_select(0, own), merged, size))
             start = stop
