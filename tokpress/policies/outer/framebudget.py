@@ -126,9 +126,10 @@ def similarity_scores(frames: torch.Tensor, question: torch.Tensor) -> torch.Ten
     frame's tokens, averaged over the ``q`` question tokens (``question`` ``[q, D]``; zeros when ``q == 0``)."""
     if question.shape[0] == 0:
         return torch.zeros(frames.shape[0], device=frames.device)
-    f = F.normalize(frames.float(), dim=-1)
+    f = frames.float()
     q = F.normalize(question.float().to(frames.device), dim=-1)
-    return torch.einsum("tpd,qd->tqp", f, q).amax(-1).mean(-1)
+    norms = torch.linalg.vector_norm(f, dim=-1).clamp_min(1e-12)  # [T, P]: divide the dots, no normalised copy
+    return (torch.einsum("tpd,qd->tqp", f, q) / norms[:, None, :]).amax(-1).mean(-1)
 
 
 @register_policy("framebudget", stage="outer")
@@ -198,7 +199,7 @@ class FrameBudgetPolicy(OuterPolicy):
     def _fill_each_frame(self, video: VideoTokens, budgets: torch.Tensor) -> Plan:
         """Run the fill policy on each frame alone (``Grid(1, H, W)``) with its budget; offsets back to the video."""
         g = video.grid
-        keep, feats, sizes, merging = [], [], [], False
+        keep, plans = [], []
         for t, b in enumerate(budgets.tolist()):
             if b == 0:
                 continue
@@ -212,12 +213,12 @@ class FrameBudgetPolicy(OuterPolicy):
             )
             plan = self.fill.plan(frame, b)
             keep.append(plan.keep + t * g.per_frame)
-            merging |= plan.features is not None or plan.sizes is not None
-            feats.append(video.features[part][plan.keep] if plan.features is None else plan.features)
-            sizes.append(torch.ones(b, device=plan.keep.device) if plan.sizes is None else plan.sizes)
+            plans.append(plan)
         out = torch.cat(keep)
-        if not merging:
-            return Plan(out)
+        if all(p.features is None and p.sizes is None for p in plans):
+            return Plan(out)  # a selecting fill: no feature copies
+        feats = [video.features[i] if p.features is None else p.features for i, p in zip(keep, plans)]
+        sizes = [torch.ones(p.keep.numel(), device=out.device) if p.sizes is None else p.sizes for p in plans]
         return Plan(out, torch.cat(feats), torch.cat(sizes))
 
 
