@@ -291,15 +291,20 @@ class InnerRunner:
         """``projections(b, cand)`` -> the :class:`Projections` of sample ``b`` whose candidates are the tokens at
         ``cand`` (positions in the chunk's current layout)."""
         cap, keys, key_mask, past_len, layout, cos, sin = self._score_inputs(stage, chunk, kwargs, past)
-        q_all = apply_rope(cap.q.transpose(1, 2), cos, sin).transpose(1, 2)  # [B, L, H, d]
         question = layout.after_last_video()
         real = layout.mask.bool() & ~layout.filler
+        if self.engine.inner[stage].projection_rows == "question":  # the text after the video and the last token
+            positions = torch.arange(real.shape[1], device=real.device)
+            last = torch.where(real, positions, -1).amax(1, keepdim=True)
+            real = real & (question | (positions == last))
         where = self._positions_in(layout, chunk.layout)
 
         def of(b: int, cand: torch.Tensor) -> Projections:
             rows = real[b].nonzero().squeeze(1)
+            at = rows.to(cap.q.device)
+            q = apply_rope(cap.q[b : b + 1, at].transpose(1, 2), cos[b : b + 1, at], sin[b : b + 1, at])
             return Projections(
-                queries=q_all[b, rows],
+                queries=q.transpose(1, 2)[0],
                 query_index=rows + past_len,
                 question=question[b, rows],
                 keys=keys[b],

@@ -83,7 +83,8 @@ class Projections:
     projections the layer computes anyway.
 
     Attributes:
-        queries: ``[Q, H, d]`` the queries of the sample's real tokens in this chunk, in sequence order.
+        queries: ``[Q, H, d]`` the queries of the sample's real tokens in this chunk, in sequence order (with the
+            policy's ``projection_rows == "question"`` only its text after the last video and its last token).
         query_index: ``[Q]`` long, the key index of each query's own position (it may attend to keys ``<=`` it).
         question: ``[Q]`` bool, True for the text queries after the sample's last video token.
         keys: ``[KV, S, d]`` every key the layer attends to (cached past first); ``H`` is a multiple of ``KV``.
@@ -219,6 +220,10 @@ class InnerPolicy(ABC):
     #: ``InnerTokens.attention``; or ``"projections"``: no reduction, ``InnerTokens.projections`` carries the score
     #: layer's queries and keys for the policy's own attention function (prefill only)
     attention_queries: ClassVar[str] = "last"
+    #: with ``attention_queries == "projections"``: which rows ``Projections.queries`` holds — ``"all"`` the sample's
+    #: real tokens (AIM's PageRank), ``"question"`` only the text after the last video and the last token (SparseVLM,
+    #: MustDrop: the rotation then costs O(q d) instead of O(L d))
+    projection_rows: ClassVar[str] = "all"
     #: also cut the KV cache of layers < K down to the kept set (PruneVid); layers < K then store fewer tokens
     prune_earlier_kv: ClassVar[bool] = False
     #: run at every decode step to choose which visual tokens layers >= K may attend to (DyCoke); masks only

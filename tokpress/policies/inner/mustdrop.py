@@ -115,6 +115,7 @@ class MustDropInnerPolicy(InnerPolicy):
     config_cls = MustDropInnerConfig
     needs_attention = True
     attention_queries = "projections"
+    projection_rows = "question"
     cut_kv_to_final = True
 
     @classmethod

@@ -250,6 +250,7 @@ class SparseVLMPolicy(InnerPolicy):
     config_cls = SparseVLMConfig
     needs_attention = True
     attention_queries = "projections"
+    projection_rows = "question"
 
     @classmethod
     def default_layer(cls, num_layers: int) -> int:
