@@ -226,3 +226,37 @@ def test_output_aware_cut_keeps_the_final_tokens_rows_of_every_stage_layer(get_m
             rows = full.layers[layer].keys[b, 0]  # [L_s, d]
             for row in cut.layers[layer].keys[b, 0]:  # every cut row is one of the layer's own rows
                 assert (rows == row).all(-1).any()
+
+
+def test_decode_stage_must_be_a_decode_policy_above_the_schedule(monkeypatch):
+    from tokpress.config import build_config
+    from tokpress.errors import ConfigError
+
+    cfg = build_config("mustdrop", num_layers=8, retain_ratio=0.5, inner_options={"decode": True})
+    assert [s.policy for s in cfg.inner] == ["mustdrop"] * 4 + ["dycoke"]
+    assert cfg.inner[-1].layer == cfg.inner[-2].layer + 1
+    monkeypatch.setattr(MustDropInnerPolicy, "decode_stage", classmethod(lambda cls, c, n, s: ("fastv", 7, 0.5, {})))
+    with pytest.raises(ConfigError, match="decode-time policy"):
+        build_config("mustdrop", num_layers=8, retain_ratio=0.5)
+
+
+def test_the_key_set_stays_visible_to_the_decode_stage(get_model, monkeypatch):
+    import tokpress.patches.inner as inner
+
+    seen = []
+    real = inner.plan_around_marks
+
+    def spy(plan, tokens, budget, marked):
+        out = real(plan, tokens, budget, marked)
+        if tokens.hidden.shape[1] == 0:  # decode-time calls carry no hidden states
+            seen.append((marked, out.keep))
+        return out
+
+    monkeypatch.setattr(inner, "plan_around_marks", spy)
+    model = get_model("qwen2_5_vl")
+    tokpress.apply(model, method="mustdrop", retain_ratio=0.5, inner_options={"layers": (1, 2), "decode": True})
+    model.generate(**batch_inputs("qwen2_5_vl"), max_new_tokens=3, do_sample=False)
+    assert seen
+    for marked, keep in seen:
+        assert marked is not None and bool(marked.any())
+        assert set(marked.nonzero().squeeze(1).tolist()) <= set(keep.tolist())
