@@ -151,7 +151,8 @@ class VisionEncoderStage:
         metric = hidden if self._keys is None or not self.policy.needs_keys else self._keys
         self._merged = self.policy.merge(hidden, metric, target)
         self._keys = None
-        self._bias = proportional_bias(self._merged.size, hidden.dtype)
+        if getattr(self.policy, "proportional_attention", True):  # ToMe's log(size) bias; MustDrop runs without
+            self._bias = proportional_bias(self._merged.size, hidden.dtype)
         self.seconds += self.clock(hidden.device) - t0
         merged = self._merged.hidden
         return (merged, *output[1:]) if isinstance(output, tuple) else merged

@@ -51,7 +51,7 @@ METHODS = {
 # decode-time visibility (DyCoke) and KV cuts after the prefill (PruneVid, MustDrop) change what tokens after the
 # prompt see, by design: a no-cache recompute cannot match them. Their outer stage is still checked; the rest is
 # pinned against eager attention weights and cache lengths in test_engine_features.py and test_mustdrop.py.
-CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid", "mustdrop", "mustdrop_decode"}
+CACHE_CHANGES_SEMANTICS = {"dycoke", "prunevid", "mustdrop", "mustdrop_decode", "mustdrop_vision"}
 RATIO = 0.25
 # the MoE variants share their dense family's adapter and layout: a merging outer, an inner and a two-stage method
 MOE_METHODS = ("holitom", "fastv", "uniform+fastv", "flashvid")
@@ -59,6 +59,7 @@ MOE_METHODS = ("holitom", "fastv", "uniform+fastv", "flashvid")
 VISION_METHODS = {
     "tome+uniform": dict(vision="tome", vision_ratio=0.5, outer="uniform"),
     "tome+holitom": dict(vision="tome", vision_ratio=0.5, method="holitom"),
+    "mustdrop_vision": dict(vision="mustdrop", vision_ratio=0.5, method="mustdrop"),  # all three MustDrop stages
 }
 CASES = [(f, a, m) for f in FAMILIES for a in ATTENTION for m in METHODS]
 CASES += [(f, "sdpa", m) for f in tiny.MOE_FAMILIES for m in MOE_METHODS]
@@ -68,7 +69,7 @@ VISION_METHODS.update(
     {"rlt": dict(vision="rlt"), "rlt+holitom": dict(vision="rlt", vision_ratio=0.5, method="holitom")}
 )
 QWEN_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5")
-CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS if m.startswith("tome")]
+CASES += [("llava_onevision", a, m) for a in ATTENTION for m in VISION_METHODS if m.startswith(("tome", "mustdrop"))]
 CASES += [(f, a, m) for f in QWEN_FAMILIES for a in ATTENTION for m in VISION_METHODS if m.startswith("rlt")]
 IDS = [f"{f}-{a}-{m}" for f, a, m in CASES]
 NEW_TOKENS = 4

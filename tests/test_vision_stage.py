@@ -283,7 +283,7 @@ def test_vision_on_a_family_without_it_fails_before_touching(get_model):
     "kwargs, message",
     [
         (dict(vision="tome", vision_ratio=0), "vision_ratio must be a number in"),
-        (dict(vision="nope", vision_ratio=0.5), "unknown vision policy 'nope'; choose one of: rlt, tome"),
+        (dict(vision="nope", vision_ratio=0.5), "unknown vision policy 'nope'; choose one of: mustdrop, rlt, tome"),
         (dict(vision="tome"), "pass vision_ratio="),
         (dict(vision="tome", vision_ratio=0.5, vision_options={"metrc": "keys"}), "valid options: metric"),
         (dict(vision="tome", vision_ratio=0.5, vision_options={"metric": "values"}), "metric must be one of"),

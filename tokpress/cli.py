@@ -109,6 +109,11 @@ METHOD_LINES: dict[str, str] = {
 
 #: one line per vision-stage policy (``vision=``), shown by ``tokpress methods`` under the methods
 VISION_LINES: dict[str, tuple[str, str]] = {
+    "mustdrop": (
+        "inside the encoder · LLaVA-OneVision (SigLIP)",
+        "merges each frame's most similar 3x3 patch windows after the first layer (no size bias), restores the grid "
+        "· Liu et al., 2024 (MustDrop's vision stage)",
+    ),
     "rlt": (
         "before the encoder · Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5",
         "drops the 2x2 patch groups that changed least since the previous temporal patch; the ViT (and, alone, "

@@ -278,7 +278,9 @@ def _vision_stage(
         raise ConfigError(
             f"the vision stage needs at least 2 encoder layers before the features the model reads, got {depth}"
         )
-    layer = min(depth // 3, depth - 2) if layer is None else layer
+    if layer is None:  # the policy's own default (MustDrop: the first layer), else a third of the depth
+        default = getattr(policy_cls, "default_layer", None)
+        layer = default(depth) if default is not None else min(depth // 3, depth - 2)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= depth - 2:
         raise ConfigError(
             f"vision_layer must be an int in [0, {depth - 2}] (a later encoder layer must run on the merged tokens "

@@ -25,12 +25,14 @@ window: its last ``e + 1`` tokens into its last one. When even merging every win
 Deviations from the authors' code, with reasons:
 
 - Where: the authors merge after the first CLIP layer (3x3 windows of the 24x24 patch grid) and take the key set
-  from the last layer's [CLS] attention on the merged sequence. tokpress merges the LLM-input tokens (the video
-  towers it supports emit tokens that are already 2x2 patch groups, so ``window = 2`` covers 4x4 patches) and ranks
-  the key set by the [CLS] attention the engine computes at the encoder's feature layer (``vision_attention =
-  "cls"``): the real [CLS] row on CLIP (LLaVA-NeXT-Video) and InternViT; SigLIP and the Qwen ViTs have no [CLS]
-  token, so there it is the attention each token receives from its frame's mean query, an adaptation. The vision
-  encoder itself runs on every patch.
+  from the last layer's [CLS] attention on the merged sequence. This outer stage merges the LLM-input tokens (the
+  video towers tokpress supports emit tokens that are already 2x2 patch groups, so ``window = 2`` covers 4x4
+  patches); on LLaVA-OneVision the authors' placement is also available as the vision stage ``vision="mustdrop"``
+  (:mod:`tokpress.policies.vision.mustdrop`: 3x3 windows after SigLIP's first layer), which stacks with this one.
+  The key set is ranked by the [CLS] attention the engine computes at the encoder's feature layer
+  (``vision_attention = "cls"``): the real [CLS] row on CLIP (LLaVA-NeXT-Video) and InternViT; SigLIP and the Qwen
+  ViTs have no [CLS] token, so there it is the attention each token receives from its frame's mean query, an
+  adaptation. Without the vision stage the encoder itself runs on every patch.
 - Count: a promised budget instead of the similarity threshold, reached as above (the threshold is kept as an
   option: ``spatial_threshold`` set to a number merges only windows at or above it and fills the rest of the
   removals by dropping the least-attended tokens).
@@ -63,20 +65,26 @@ class MustDropOuterConfig(PolicyConfig):
     least it (the authors' rule, 0.8), and drop the least-attended tokens for the rest of the budget."""
 
     def validate(self) -> None:
-        self.check(
-            isinstance(self.window, int) and not isinstance(self.window, bool) and self.window >= 2,
-            f"window must be an int >= 2 (the side of the merging windows), got {self.window!r}",
-        )
+        check_window_options(self)
         ratio = self.key_ratio
         self.check(
             isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio <= 1,
             f"key_ratio must be a number in [0, 1] (the authors use 0.08), got {ratio!r}",
         )
-        t = self.spatial_threshold
-        self.check(
-            t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and -1 <= t <= 1),
-            f"spatial_threshold must be None (merge up to the budget) or a cosine in [-1, 1], got {t!r}",
-        )
+
+
+def check_window_options(config: PolicyConfig) -> None:
+    """:class:`ConfigError` unless ``config.window`` is an int >= 2 and ``config.spatial_threshold`` is ``None`` or a
+    cosine (the options MustDrop's outer and vision stages share)."""
+    window, t = config.window, config.spatial_threshold
+    config.check(
+        isinstance(window, int) and not isinstance(window, bool) and window >= 2,
+        f"window must be an int >= 2 (the side of the merging windows), got {window!r}",
+    )
+    config.check(
+        t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and -1 <= t <= 1),
+        f"spatial_threshold must be None (merge up to the budget) or a cosine in [-1, 1], got {t!r}",
+    )
 
 
 def window_members(grid: Grid, window: int) -> torch.Tensor:
