@@ -20,9 +20,10 @@ remove enough (``r`` below about ``1 / window**2``, or few windows above the thr
 (:mod:`tokpress.policies.vision.merge`) finish the per-frame budget — a tokpress addition, so the promised count
 holds.
 
-Deviations: a promised count instead of the threshold (above); frames of a video are merged independently (the
-authors' batch is one image's, or LLaVA-Video's frames, with one shared count — here every frame merges the same
-count too); grids that are not square (a CLIP [CLS] token, odd tilings) are refused.
+Deviations: a promised count instead of the threshold (above); frames are merged independently, each by its own
+windows' similarities, but every frame merges the same count (the authors' code takes one count for the whole
+encoder batch, the minimum over its images); grids that are not square (a CLIP [CLS] token, odd tilings) are
+refused.
 """
 
 from __future__ import annotations
