@@ -103,11 +103,9 @@ def uncompressed(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
 def _as_nested(scores: Any) -> list[list[torch.Tensor]]:
     """``[sample][video]`` float tensors from a single ``[T]`` (one sample, one video) or a nested sequence."""
-    if isinstance(scores, torch.Tensor) or (
+    if isinstance(scores, (torch.Tensor, np.ndarray)) or (
         isinstance(scores, Sequence) and len(scores) > 0 and all(isinstance(x, (int, float)) for x in scores)
     ):
-        return [[torch.as_tensor(scores, dtype=torch.float32).flatten()]]
-    if isinstance(scores, np.ndarray):
         return [[torch.as_tensor(scores, dtype=torch.float32).flatten()]]
     try:
         return [[torch.as_tensor(v, dtype=torch.float32).flatten() for v in sample] for sample in scores]

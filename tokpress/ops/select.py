@@ -44,3 +44,14 @@ def apportion(total: int, weights: torch.Tensor) -> torch.Tensor:
     order = torch.sort(share - base * whole, descending=True, stable=True).indices[:left]
     base[order] += 1
     return base
+
+
+def top_per_frame(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
+    """Sorted flat indices of each frame's ``budgets[t]`` highest ``scores`` ``[T, P]`` (ties to the lower index).
+
+    Example: ``top_per_frame(tensor([[0.1, 0.9], [0.5, 0.2]]), tensor([1, 2])) -> tensor([1, 2, 3])``.
+    """
+    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices  # [T, P]
+    chosen = torch.arange(scores.shape[1], device=scores.device)[None] < budgets.to(scores.device)[:, None]
+    flat = order + torch.arange(scores.shape[0], device=scores.device)[:, None] * scores.shape[1]
+    return flat[chosen].sort().values

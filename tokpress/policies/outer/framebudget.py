@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from tokpress.errors import InputError
+from tokpress.ops import top_per_frame
 from tokpress.policies.base import Grid, OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import get_policy, register_policy
 
@@ -193,7 +194,7 @@ class FrameBudgetPolicy(OuterPolicy):
         budgets = self.frame_budgets(video, budget)
         scores = getattr(self.fill, "token_scores", None)
         if scores is not None:
-            return Plan(_top_per_frame(scores(video).view(g.frames, g.per_frame), budgets.to(video.features.device)))
+            return Plan(top_per_frame(scores(video).view(g.frames, g.per_frame), budgets.to(video.features.device)))
         return self._fill_each_frame(video, budgets)
 
     def _fill_each_frame(self, video: VideoTokens, budgets: torch.Tensor) -> Plan:
@@ -220,12 +221,3 @@ class FrameBudgetPolicy(OuterPolicy):
         feats = [video.features[i] if p.features is None else p.features for i, p in zip(keep, plans)]
         sizes = [torch.ones(p.keep.numel(), device=out.device) if p.sizes is None else p.sizes for p in plans]
         return Plan(out, torch.cat(feats), torch.cat(sizes))
-
-
-def _top_per_frame(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor:
-    """Sorted flat indices of each frame's ``budgets[t]`` highest ``scores`` ``[T, P]`` (ties to the lower index)."""
-    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices  # [T, P]
-    rank = torch.arange(scores.shape[1], device=scores.device)[None]
-    chosen = order[rank < budgets[:, None]]
-    frame = torch.arange(scores.shape[0], device=scores.device)[:, None].expand_as(order)[rank < budgets[:, None]]
-    return (frame * scores.shape[1] + chosen).sort().values

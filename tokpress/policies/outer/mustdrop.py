@@ -99,11 +99,12 @@ def window_members(grid: Grid, window: int) -> torch.Tensor:
 
 
 def window_similarity(features: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """``[W]`` float32: the mean cosine similarity of each window's distinct token pairs (``features`` ``[N, D]``)."""
-    unit = F.normalize(features.float(), dim=-1)[members]  # [W, m, D]
+    """``[..., W]`` float32: the mean cosine similarity of each window's distinct token pairs (``features``
+    ``[..., N, D]``, e.g. one video's tokens or ``[F, N, D]`` frames of patches; ``members`` ``[W, m]``)."""
+    unit = F.normalize(features.float(), dim=-1)[..., members, :]  # [..., W, m, D]
     m = members.shape[1]
-    gram = unit @ unit.transpose(1, 2)
-    return (gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)) / (m * (m - 1))
+    gram = unit @ unit.transpose(-1, -2)
+    return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / (m * (m - 1))
 
 
 def merge_order(similarity: torch.Tensor, per_frame: int) -> torch.Tensor:

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import torch
 
 from tokpress.errors import InputError
-from tokpress.ops import apportion, topk_sorted
+from tokpress.ops import apportion, top_per_frame, topk_sorted
 from tokpress.policies.base import OuterPolicy, Plan, PolicyConfig, VideoTokens
 from tokpress.registry import register_policy
 
@@ -90,15 +90,11 @@ def default_start(depth: int) -> int:
     return min(math.floor(AUTHORS_START * depth / AUTHORS_DEPTH + 0.5), depth - 1)
 
 
-def top_per_frame(scores: torch.Tensor, budget: int) -> torch.Tensor:
+def even_top_per_frame(scores: torch.Tensor, budget: int) -> torch.Tensor:
     """Sorted flat indices keeping each frame's even share of ``budget`` (largest remainder, earlier frames first)
     of its highest ``scores`` ``[T, P]``; ties go to the earlier token."""
     frames, per_frame = scores.shape
-    shares = apportion(budget, torch.full((frames,), per_frame, dtype=torch.long))
-    order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices  # [T, P]
-    chosen = torch.arange(per_frame, device=scores.device)[None] < shares.to(scores.device)[:, None]
-    flat = order + torch.arange(frames, device=scores.device)[:, None] * per_frame
-    return flat[chosen].sort().values
+    return top_per_frame(scores, apportion(budget, torch.full((frames,), per_frame, dtype=torch.long)))
 
 
 @register_policy("vtccls", stage="outer")
@@ -128,5 +124,5 @@ class VTCCLSPolicy(OuterPolicy):
     def plan(self, video: VideoTokens, budget: int) -> Plan:
         scores = self.token_scores(video)
         if self.config.per_frame:
-            return Plan(top_per_frame(scores.view(video.grid.frames, video.grid.per_frame), budget))
+            return Plan(even_top_per_frame(scores.view(video.grid.frames, video.grid.per_frame), budget))
         return Plan(topk_sorted(scores, budget))

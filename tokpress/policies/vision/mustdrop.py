@@ -35,7 +35,7 @@ import torch
 
 from tokpress.errors import InputError
 from tokpress.policies.base import Grid, PolicyConfig
-from tokpress.policies.outer.mustdrop import check_window_options, window_members
+from tokpress.policies.outer.mustdrop import check_window_options, window_members, window_similarity
 from tokpress.policies.vision.merge import bipartite_slots, compose, merge_schedule, merge_weighted
 from tokpress.policies.vision.tome import Merged
 
@@ -51,15 +51,6 @@ class MustDropVisionConfig(PolicyConfig):
 
     def validate(self) -> None:
         check_window_options(self)
-
-
-def frame_window_similarity(metric: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """``[F, W]`` float32: the mean cosine of each window's distinct patch pairs, per frame (``metric`` ``[F, n, d]``,
-    ``members`` ``[W, m]``)."""
-    unit = torch.nn.functional.normalize(metric.float(), dim=-1)[:, members]  # [F, W, m, d]
-    m = members.shape[1]
-    gram = unit @ unit.transpose(-1, -2)
-    return (gram.sum((-1, -2)) - gram.diagonal(dim1=-2, dim2=-1).sum(-1)) / (m * (m - 1))
 
 
 def window_counts(similarity: torch.Tensor, remove: int, per: int, threshold: float | None) -> tuple[int, int]:
@@ -112,7 +103,7 @@ class MustDropVision:
         members = window_members(Grid(1, side, side), self.config.window).to(device)  # [W, m]
         group = torch.arange(n, device=device).repeat(frames, 1)  # [F, n]: the patch each patch merges into
         if members.numel():
-            similarity = frame_window_similarity(metric, members)
+            similarity = window_similarity(metric, members)
             order = torch.sort(similarity, dim=1, descending=True, stable=True).indices  # [F, W]
             full, left = window_counts(similarity, n - target, members.shape[1] - 1, self.config.spatial_threshold)
             chosen = members[order[:, :full]]  # [F, full, m]
